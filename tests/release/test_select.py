@@ -1,0 +1,126 @@
+"""`probe select`: (GPU SM, driver) → the tag to pull, or a refusal; from tag lists and from a tags file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from probe.select import Choice, Refusal, candidates_from_json, candidates_from_tags, choose, main
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# What a registry would list: floating + immutable tags for a handful of targets.
+TAGS = [
+    "volta-cu118", "volta-cu118-latest", "volta-cu118-torch2.7.1-20261101",
+    "ampere-cu121", "ampere-cu121-latest", "ampere-cu121-torch2.5.1-20261101",
+    "ampere-cu128", "ampere-cu128-latest", "ampere-cu128-torch2.9.1-20261101", "ampere-cu128-torch2.9.1-20261120",
+    "hopper-cu121", "hopper-cu121-torch2.5.1-20261101",
+    "hopper-cu128", "hopper-cu128-torch2.9.1-20261101",
+    "hopper-cu130", "hopper-cu130-latest", "hopper-cu130-torch2.14.1-20261120",
+    "blackwell-cu128", "blackwell-cu128-torch2.9.1-20261101",
+    "cdna3-rocm6.2", "cdna3-rocm6.2-torch2.5.1-20261101",
+    "unrelated", "latest", "sha256-abc.sig",
+]
+
+CASES = [
+    # (sm, driver) → expected tag, or a fragment of the refusal
+    (("9.0", "580.65.06"), "hopper-cu130-torch2.14.1-20261120"),  # newest torch wins
+    (("9.0", "570.86"), "hopper-cu128-torch2.9.1-20261101"),  # 13.0 needs 580: newest that the driver allows
+    (("9.0", "535.104"), "hopper-cu128-torch2.9.1-20261101"),  # 12.x minor-version compatibility from 525
+    (("9.0", "520.61"), "refused:driver 520.61 is too old"),  # 12.x needs 525; no 11.8 image for Hopper
+    (("8.6", "550.54"), "ampere-cu128-torch2.9.1-20261120"),  # newest release of the newest torch
+    (("8.0", "525.60"), "ampere-cu128-torch2.9.1-20261120"),
+    (("8.0", "470.82"), "refused:lowest floor is 525"),
+    (("7.0", "535.1"), "volta-cu118-torch2.7.1-20261101"),  # Volta only has CUDA 11.8
+    (("7.0", "510.47"), "refused:driver 510.47 is too old"),
+    (("10.0", "565.57"), "refused:too old"),  # Blackwell on 12.8 needs the 570 branch
+    (("10.0", "570.86"), "blackwell-cu128-torch2.9.1-20261101"),
+    (("7.5", "580.1"), "refused:no image holds native code for SM 7.5"),
+    (("8.9", "580.1"), "refused:no image holds native code for SM 8.9"),
+]
+
+
+@pytest.mark.parametrize(("gpu", "expected"), CASES, ids=[f"sm{c[0][0]}-drv{c[0][1]}" for c in CASES])
+def test_choice_table_from_registry_tags(gpu: tuple[str, str], expected: str) -> None:
+    decision = choose(candidates_from_tags(TAGS), *gpu)
+    if expected.startswith("refused:"):
+        assert isinstance(decision, Refusal), decision
+        assert expected.removeprefix("refused:") in decision.reason
+    else:
+        assert isinstance(decision, Choice), decision
+        assert decision.candidate.best_tag == expected
+
+
+def test_reason_names_arch_driver_and_torch() -> None:
+    decision = choose(candidates_from_tags(TAGS), "9.0", "570.86")
+    assert isinstance(decision, Choice)
+    assert "arch match: SM 9.0" in decision.reason
+    assert "570.86 ≥ 525" in decision.reason
+    assert "newest torch: 2.9.1" in decision.reason
+    assert "hopper-cu121" in decision.reason  # names what else would fit
+
+
+def test_tag_parsing_ignores_foreign_tags_and_groups_by_target() -> None:
+    by_id = {c.target_id: c for c in candidates_from_tags(TAGS)}
+    assert set(by_id) == {"volta-cu118", "ampere-cu121", "ampere-cu128", "hopper-cu121", "hopper-cu128",
+                          "hopper-cu130", "blackwell-cu128", "cdna3-rocm6.2"}
+    assert by_id["hopper-cu130"].cuda == "13.0" and by_id["hopper-cu130"].driver_floor == 580
+    assert by_id["blackwell-cu128"].driver_floor == 570
+    assert by_id["cdna3-rocm6.2"].vendor == "amd" and by_id["cdna3-rocm6.2"].cuda is None
+    assert by_id["ampere-cu128"].floating_tags == ("ampere-cu128", "ampere-cu128-latest")
+
+
+def test_floating_tag_when_no_immutable_tag_is_listed() -> None:
+    decision = choose(candidates_from_tags(["hopper-cu130", "hopper-cu130-latest"]), "9.0", "580.1")
+    assert isinstance(decision, Choice) and decision.candidate.best_tag == "hopper-cu130"
+
+
+def test_tags_file_states_sms_and_floor_itself() -> None:
+    data = {"targets": [
+        {"id": "hopper-cu130", "sms": ["9.0"], "cuda": "13.0", "driver_floor": "580", "torch": "2.14.1",
+         "tags": ["hopper-cu130", "hopper-cu130-latest", "hopper-cu130-torch2.14.1-20261120"]},
+        # nested like `imagefactory targets --format json`; an arch name select does not know
+        {"id": "newarch-cu130", "arch": {"vendor": "nvidia"}, "sms": ["11.0"],
+         "toolkit": {"kind": "cuda", "version": "13.0", "driver_floor": "580"}, "torch": {"version": "2.14.1"}},
+    ]}
+    candidates = candidates_from_json(data, "t.json")
+    decision = choose(candidates, "11.0", "580.1")
+    assert isinstance(decision, Choice) and decision.candidate.target_id == "newarch-cu130"
+    assert isinstance(choose(candidates, "9.0", "575.0"), Refusal)
+
+
+def test_cli_from_committed_supported_tags_json(capsys: pytest.CaptureFixture[str]) -> None:
+    tags_file = REPO_ROOT / "docs" / "supported-tags.json"
+    if not tags_file.exists():
+        pytest.skip("docs/supported-tags.json not generated yet")
+    code = main(["--tags-file", str(tags_file), "--gpu-sm", "9.0", "--driver", "580.65", "--repo", "r.example/if", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["image"].startswith("r.example/if:hopper-")
+
+
+def test_cli_refusal_and_usage_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tags_file = tmp_path / "tags.json"
+    tags_file.write_text(json.dumps([{"id": "hopper-cu130", "sms": ["9.0"], "cuda": "13.0", "torch": "2.14.1"}]))
+    assert main(["--tags-file", str(tags_file), "--gpu-sm", "9.0", "--driver", "550.1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("probe select: refused: driver 550.1 is too old") and "\n" == err[-1] and err.count("\n") == 1
+    assert main(["--tags-file", str(tags_file), "--gpu-sm", "nine", "--driver", "550.1"]) == 2
+    assert main(["--tags-file", str(tmp_path / "missing.json"), "--gpu-sm", "9.0", "--driver", "550.1"]) == 2
+    assert main(["--gpu-sm", "9.0", "--driver", "550.1"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_runs_with_the_standard_library_only(tmp_path: Path) -> None:
+    """A pod has only python3: copy probe/select.py alone and run it with -I -S (no site-packages)."""
+    (tmp_path / "select.py").write_text((REPO_ROOT / "probe" / "select.py").read_text())
+    tags_file = tmp_path / "tags.json"
+    tags_file.write_text(json.dumps([{"id": "hopper-cu130", "sms": ["9.0"], "cuda": "13.0", "torch": "2.14.1",
+                                      "tags": ["hopper-cu130"]}]))
+    done = subprocess.run([sys.executable, "-I", "-S", str(tmp_path / "select.py"), "--tags-file", str(tags_file),
+                           "--gpu-sm", "9.0", "--driver", "580.1", "--quiet"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hopper-cu130\n"
