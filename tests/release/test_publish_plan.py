@@ -1,0 +1,168 @@
+"""publish() ordering and refusals, with an in-memory registry and Docker (the real ones: test_push_registry.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from imagefactory.release import (
+    GATE_IMAGE_LABEL,
+    GATE_LABEL,
+    GATE_REPORT_LABEL,
+    SBOM_LABEL,
+    GateReport,
+    publish,
+    release_tags,
+    summary_markdown,
+    write_release_record,
+)
+from imagefactory.release_errors import ReleaseError
+from imagefactory.release_registry import RemoteImage, RepoRef
+
+REPO = RepoRef.parse("127.0.0.1:5000/imagefactory")
+GATED = "sha256:" + "a" * 64
+
+
+class FakeWorld:
+    """Docker's local store and a registry, enough to observe what publish() does in which order."""
+
+    def __init__(self) -> None:
+        self.local: dict[str, dict[str, str]] = {GATED: {SBOM_LABEL: "/opt/imagefactory/sbom.cdx.json"}}
+        self.refs: dict[str, str] = {}  # local ref → image key
+        self.remote: dict[str, RemoteImage] = {}  # tag → image
+        self.events: list[str] = []
+        self.fail_push_of: str | None = None
+
+    # DockerOps
+    def image_labels(self, ref: str) -> dict[str, str] | None:
+        return self.local.get(self.refs.get(ref, ref))
+
+    def label_child(self, parent_id: str, labels: dict[str, str], tag: str) -> str:
+        child = f"child-of-{parent_id[:12]}"
+        self.local[child] = {**self.local[parent_id], **labels}
+        self.refs[tag] = child
+        self.events.append(f"build {tag}")
+        return child
+
+    def tag(self, source: str, target: str) -> None:
+        self.refs[target] = self.refs.get(source, source)
+
+    def push(self, ref: str) -> str:
+        if ref == self.fail_push_of:
+            raise ReleaseError(f"push of {ref} failed: connection reset")
+        key = self.refs[ref]
+        digest = "sha256:" + hashlib.sha256(json.dumps(self.local[key], sort_keys=True).encode()).hexdigest()
+        self.remote[ref.rsplit(":", 1)[1]] = RemoteImage(digest, self.local[key])
+        self.events.append(f"push {ref.rsplit(':', 1)[1]}")
+        return digest
+
+    def pull(self, ref: str) -> None:
+        digest = ref.split("@")[1]
+        for image in self.remote.values():
+            if image.digest == digest:
+                self.local[ref] = image.labels
+        self.events.append(f"pull {ref}")
+
+    # Registry
+    def image(self, reference: str) -> RemoteImage | None:
+        return self.remote.get(reference)
+
+
+def report(tmp_path: Path, **fields: object) -> GateReport:
+    path = tmp_path / "gate.json"
+    path.write_text(json.dumps({"target": "hopper-cu130", "image_id": GATED, "result": "passed", **fields}))
+    return GateReport.read(path)
+
+
+TAGS = release_tags("hopper-cu130", "2.14.1", "20261127")
+
+
+def test_tags_shape() -> None:
+    assert TAGS.immutable == "hopper-cu130-torch2.14.1-20261127"
+    assert TAGS.floating == ("hopper-cu130", "hopper-cu130-latest")
+    with pytest.raises(ReleaseError, match="release 'bad/one'"):
+        release_tags("hopper-cu130", "2.14.1", "bad/one")
+
+
+def test_immutable_first_then_floating_all_at_one_digest(tmp_path: Path) -> None:
+    world = FakeWorld()
+    result = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    assert world.events == ["build 127.0.0.1:5000/imagefactory:hopper-cu130-torch2.14.1-20261127",
+                            "push hopper-cu130-torch2.14.1-20261127", "push hopper-cu130", "push hopper-cu130-latest"]
+    assert {world.remote[t].digest for t in (TAGS.immutable, *TAGS.floating)} == {result.digest}
+    labels = world.remote[TAGS.immutable].labels
+    assert labels[GATE_LABEL] == "passed" and labels[GATE_IMAGE_LABEL] == GATED
+    assert json.loads(labels[GATE_REPORT_LABEL])["result"] == "passed"
+
+
+def test_failed_immutable_push_leaves_floating_tags(tmp_path: Path) -> None:
+    world = FakeWorld()
+    old = RemoteImage("sha256:" + "0" * 64, {})
+    world.remote["hopper-cu130"] = world.remote["hopper-cu130-latest"] = old
+    world.fail_push_of = f"{REPO}:{TAGS.immutable}"
+    with pytest.raises(ReleaseError, match="connection reset"):
+        publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    assert world.remote["hopper-cu130"] is old and world.remote["hopper-cu130-latest"] is old
+
+
+def test_refuses_to_overwrite_immutable_tag_with_other_content(tmp_path: Path) -> None:
+    world = FakeWorld()
+    world.remote[TAGS.immutable] = RemoteImage("sha256:" + "1" * 64, {GATE_IMAGE_LABEL: "sha256:" + "b" * 64})
+    with pytest.raises(ReleaseError, match="already exists with different content"):
+        publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    assert world.events == []
+
+
+def test_same_content_again_is_not_pushed_but_floating_tags_follow(tmp_path: Path) -> None:
+    world = FakeWorld()
+    first = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    world.events.clear()
+    second = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    assert second.already_there and second.digest == first.digest
+    assert not any(e.startswith("build") or e == f"push {TAGS.immutable}" for e in world.events)
+
+
+@pytest.mark.parametrize(
+    ("fields", "local", "message"),
+    [
+        ({"result": "failed"}, None, "the gate did not pass"),
+        ({"target": "ampere-cu121"}, None, "gate report is for ampere-cu121"),
+        ({}, {}, "not in the local Docker store"),
+        ({}, {GATED: {}}, "no io.imagefactory.sbom label"),
+    ],
+)
+def test_refusals_before_anything_is_pushed(tmp_path: Path, fields: dict, local: dict | None, message: str) -> None:
+    world = FakeWorld()
+    if local is not None:
+        world.local = local
+    with pytest.raises(ReleaseError, match=message):
+        publish(TAGS, report(tmp_path, **fields), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    assert world.events == [] and world.remote == {}
+
+
+def test_gate_report_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ReleaseError, match="no gate report"):
+        GateReport.read(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ReleaseError, match="unreadable gate report"):
+        GateReport.read(tmp_path / "bad.json")
+
+
+def test_release_record_and_summary(tmp_path: Path) -> None:
+    world = FakeWorld()
+    result = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    path = write_release_record(result, "hopper-cu130", tmp_path / "reports")
+    record = json.loads(path.read_text())
+    assert record["pull_by_digest"] == f"{REPO}@{result.digest}"
+    table = summary_markdown([record])
+    assert f"`{REPO}:{TAGS.immutable}`" in table and f"`{REPO}:hopper-cu130-latest`" in table
+    assert "nothing published" in summary_markdown([])
+
+
+@pytest.mark.parametrize("text", ["imagefactory", "127.0.0.1:5000", "ghcr.io/Org/Images"])
+def test_registry_argument_is_checked(text: str) -> None:
+    with pytest.raises(ReleaseError, match="--registry"):
+        RepoRef.parse(text)
