@@ -1,0 +1,207 @@
+"""Typed, frozen values of the planning layer: what matrix.yaml declares and the resolved `Target`.
+
+Nothing downstream of `imagefactory.matrix` reads raw YAML: templates, outputs and the execution
+commands see only these objects. The `Target` fields are the contract of docs/ARCHITECTURE.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from packaging.version import Version
+
+Vendor = Literal["nvidia", "amd"]
+ToolkitKind = Literal["cuda", "rocm"]
+NvccOrigin = Literal["pypi", "base", "hipcc", "none"]
+BnbMode = Literal["source", "wheel"]
+TrainDtype = Literal["bf16", "fp16"]
+
+FLAVORS: tuple[str, ...] = ("slim", "nvidia", "rocm")
+
+
+def minor_of(version: str) -> str:
+    """`2.14.1` -> `2.14` (target ids and the torch/triton pairing use the minor release)."""
+    v = Version(version)
+    return f"{v.major}.{v.minor}"
+
+
+@dataclass(frozen=True)
+class ArchFamily:
+    name: str
+    vendor: Vendor
+    sms: tuple[str, ...]  # NVIDIA compute capabilities, "9.0"
+    gfx: tuple[str, ...]  # AMD targets, "gfx942"
+    capabilities: frozenset[str]  # "bf16", "fp8", "fa2", "fa3": read by rules
+    min_rocm: str | None  # AMD only: the oldest ROCm that supports every gfx target
+    description: str
+
+
+@dataclass(frozen=True)
+class BaseImages:
+    build: str  # image the build stage starts FROM
+    runtime: str  # image the shipped stage starts FROM
+    python: str  # the python3 that base provides ("3.11")
+
+
+@dataclass(frozen=True)
+class NvccSource:
+    origin: NvccOrigin  # where the build stage's device compiler comes from
+    packages: tuple[str, ...] = ()  # pinned PyPI requirements when origin == "pypi"
+
+
+@dataclass(frozen=True)
+class Toolkit:
+    id: str  # "cu130", "rocm6.2"
+    kind: ToolkitKind
+    version: str  # "13.0", "6.2"
+    driver_floor: str | None  # oldest NVIDIA driver branch; None for ROCm
+    drops_sm_below: str | None  # CUDA 13 dropped everything below 7.5
+    nvcc: Mapping[str, NvccSource]  # flavor -> compiler source; its key order is the flavor preference
+    bases: Mapping[str, BaseImages]  # flavor -> vendor base images (slim's base is the flavor's own)
+
+    @property
+    def flavors(self) -> tuple[str, ...]:
+        return tuple(self.nvcc)
+
+
+@dataclass(frozen=True)
+class TorchBuild:
+    version: str  # "2.14.1"
+    triton: str  # the triton (or pytorch-triton-rocm) release this torch pins
+    pythons: tuple[str, ...]
+    toolkits: tuple[str, ...]  # toolkit ids PyTorch publishes this release for
+    pypi_toolkit: str | None  # the one toolkit whose build is the plain PyPI wheel
+
+    @property
+    def minor(self) -> str:
+        return minor_of(self.version)
+
+
+@dataclass(frozen=True)
+class Flavor:
+    name: str  # "slim" | "nvidia" | "rocm"
+    vendor: Vendor
+    base: BaseImages | None  # slim: the local bootstrapped OS base; vendor flavors: per toolkit
+    description: str
+
+
+@dataclass(frozen=True)
+class Bitsandbytes:
+    version: str
+    mode: BnbMode  # "source": compile for the target SM in the build stage
+    git_url: str
+    git_ref: str
+    fallback: BnbMode | None  # what a build may fall back to when the source is unreachable
+    requires_torch: str  # PEP 440 specifier from the wheel's metadata
+
+
+@dataclass(frozen=True)
+class Payload:
+    name: str
+    torch: str  # specifier the torch version must satisfy for this payload to apply
+    python: str  # specifier the python version must satisfy
+    requirements: tuple[str, ...]  # "peft==0.21.2", ...
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One explicit cell from `cells.extra` (None: use the cell's default)."""
+
+    arch: str
+    toolkit: str
+    torch: str | None
+    flavor: str | None
+    dtype: TrainDtype | None
+    line: int
+
+
+@dataclass(frozen=True)
+class Matrix:
+    path: Path
+    image_repo: str
+    torch_index_url: str  # "{toolkit}" is replaced with the toolkit id
+    warm_triton_cache: bool
+    arches: Mapping[str, ArchFamily]
+    toolkits: Mapping[str, Toolkit]
+    torches: Mapping[str, TorchBuild]
+    flavors: Mapping[str, Flavor]
+    sm_min_cuda: Mapping[str, str]  # "10.0" -> "12.8"
+    triton_pairing: Mapping[str, str]  # torch minor -> triton minor
+    bitsandbytes: Bitsandbytes
+    payloads: tuple[Payload, ...]
+    optional_requirements: tuple[str, ...]
+    expand_all: bool
+    extra_cells: tuple[CellSpec, ...]
+    lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, repr=False, compare=False)
+
+    def where(self, *path: str | int) -> str:
+        """`matrix.yaml:42 torch."2.14.1".triton` for a key path (line of the nearest recorded key)."""
+        key = tuple(path)
+        while key and key not in self.lines:
+            key = key[:-1]
+        return f"{self.path.name}:{self.lines.get(key, 1)} {format_path(path)}"
+
+
+def format_path(path: tuple[str | int, ...] | list[str | int]) -> str:
+    """`torch."2.14.1".triton`: dotted, quoting keys that contain dots; `[0]` for list items."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            text = f'"{part}"' if "." in part or not part else part
+            out += ("." if out else "") + text
+    return out or "(top level)"
+
+
+@dataclass(frozen=True)
+class ResolvedTorch:
+    version: str
+    minor: str
+    index_url: str | None  # None: the plain PyPI wheel
+    triton: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """One buildable cell, fully resolved. Templates see it as `target`."""
+
+    id: str
+    arch: ArchFamily
+    sms: tuple[str, ...]
+    sm_codes: tuple[str, ...]  # "90": what cmake COMPUTE_CAPABILITY takes, joined by ";"
+    gfx: tuple[str, ...]
+    cuda_arch_list: str  # TORCH_CUDA_ARCH_LIST form: "9.0" or "10.0;12.0"; "" for AMD
+    toolkit: Toolkit
+    torch: ResolvedTorch
+    triton_version: str
+    triton_package: str  # "triton" (CUDA) or "pytorch-triton-rocm"
+    python: str
+    flavor: str
+    base: BaseImages
+    nvcc: NvccOrigin
+    nvcc_packages: tuple[str, ...]
+    bitsandbytes: Bitsandbytes
+    payload_name: str
+    payload_requirements: tuple[str, ...]
+    optional_requirements: tuple[str, ...]
+    train_dtype: TrainDtype
+    warm_triton_cache: bool
+    image_repo: str
+    tags: tuple[str, ...]
+    labels: Mapping[str, str]
+    expect_env: Mapping[str, str]
+    is_default: bool  # the arch x toolkit cell's default torch and flavor
+    provenance: Mapping[str, str] = field(repr=False, compare=False)
+
+    @property
+    def dockerfile(self) -> str:
+        return f"dockerfiles/{self.id}/Dockerfile"
+
+
+def immutable_tag(target: Target, release: str) -> str:
+    """The tag that never moves: `hopper-cu130-torch2.14.1-2026.11.0`."""
+    return f"{target.id}-torch{target.torch.version}-{release}"
