@@ -28,17 +28,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Family name → the SMs its images are built for; used only when the candidates come from a bare
-# registry tag list (a tags file states the SMs itself). Mirrors matrix.yaml's arch families.
+# registry tag list (a tags file states the SMs itself). Mirrors matrix.yaml's `arches`.
 ARCH_SMS: dict[str, tuple[str, ...]] = {
     "volta": ("7.0",),
     "turing": ("7.5",),
     "ampere": ("8.0", "8.6"),
     "ada": ("8.9",),
     "hopper": ("9.0",),
-    "blackwell": ("10.0", "10.3"),
-    "blackwell-consumer": ("12.0", "12.1"),
-    "rtx50": ("12.0",),
+    "blackwell": ("10.0", "12.0"),
 }
+
+# Driver floor per CUDA release when only a tag name is known; mirrors matrix.yaml's
+# `toolkits.*.driver_floor` (NVIDIA's CUDA compatibility notes: 11.8 ≥ 520, 12.x ≥ 525 through
+# minor-version compatibility, 12.8 ≥ 570 as the matrix requires it for Blackwell too, 13.0 ≥ 580).
+CUDA_DRIVER_FLOOR: tuple[tuple[str, int], ...] = (
+    ("13.0", 580),
+    ("12.9", 575),
+    ("12.8", 570),
+    ("12.0", 525),
+    ("11.8", 520),
+)
 
 # Highest CUDA each driver branch supports natively (NVIDIA's CUDA toolkit release notes, table 3).
 DRIVER_NATIVE_CUDA: tuple[tuple[int, str], ...] = (
@@ -55,7 +64,8 @@ DRIVER_NATIVE_CUDA: tuple[tuple[int, str], ...] = (
     (520, "11.8"),
 )
 
-TARGET_ID = re.compile(r"^(?P<arch>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*?)-(?P<toolkit>cu\d{3}|rocm\d+(?:\.\d+)*)(?:-(?P<suffix>[a-z0-9]+))?$")
+# `<arch>-<toolkit>` plus matrix.yaml's suffixes for non-default cells: `-torch<minor>`, `-<flavor>`.
+TARGET_ID = re.compile(r"^(?P<arch>[a-z][a-z0-9]*)-(?P<toolkit>cu\d{3}|rocm\d+(?:\.\d+)*)(?:-torch\d+\.\d+)?(?:-(?!latest$)[a-z]+)?$")
 IMMUTABLE_TAG = re.compile(r"^(?P<id>.+)-torch(?P<torch>\d+(?:\.\d+)+)-(?P<release>[A-Za-z0-9._]+)$")
 FLOATING_SUFFIX = "-latest"
 
@@ -68,21 +78,22 @@ def version_key(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text))
 
 
+def is_immutable(tag: str) -> bool:
+    return not tag.endswith(FLOATING_SUFFIX) and IMMUTABLE_TAG.match(tag) is not None
+
+
 def cuda_of_toolkit(toolkit_id: str) -> str | None:
     """`cu130` → `13.0`, `cu118` → `11.8`; None for ROCm."""
     match = re.fullmatch(r"cu(\d+)(\d)", toolkit_id)
     return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
-def driver_floor(cuda: str, sm: str) -> int:
-    """Lowest driver branch for a CUDA version (NVIDIA's CUDA compatibility notes, see DESIGN.md)."""
-    major, minor = version_key(cuda)[:2]
-    if major >= 13:
-        return 580
-    if major == 12:
-        # 12.x runs on 525+ through minor-version compatibility, but Blackwell needs the 12.8 driver.
-        return 570 if version_key(sm)[0] >= 10 else 525
-    return 520 if minor >= 8 else 450
+def driver_floor(cuda: str) -> int:
+    """Lowest driver branch for a CUDA release (CUDA_DRIVER_FLOOR; older releases: 450)."""
+    for release, floor in CUDA_DRIVER_FLOOR:
+        if version_key(cuda) >= version_key(release):
+            return floor
+    return 450
 
 
 def native_cuda(driver: str) -> str | None:
@@ -110,7 +121,7 @@ class Candidate:
     def best_tag(self) -> str:
         """The newest immutable tag (reproducible), else the target's floating tag."""
         if self.immutable_tags:
-            return max(self.immutable_tags, key=lambda tag: IMMUTABLE_TAG.match(tag).group("release"))  # type: ignore[union-attr]
+            return max(self.immutable_tags, key=lambda tag: version_key(IMMUTABLE_TAG.match(tag).group("release")))  # type: ignore[union-attr]
         return self.floating_tags[0] if self.floating_tags else self.target_id
 
 
@@ -130,7 +141,7 @@ def candidates_from_tags(tags: list[str]) -> list[Candidate]:
     floating: dict[str, list[str]] = {}
     immutable: dict[str, list[str]] = {}
     for tag in tags:
-        match = IMMUTABLE_TAG.match(tag)
+        match = IMMUTABLE_TAG.match(tag) if is_immutable(tag) else None
         if match and TARGET_ID.match(match.group("id")):
             immutable.setdefault(match.group("id"), []).append(tag)
             continue
@@ -151,7 +162,7 @@ def candidates_from_tags(tags: list[str]) -> list[Candidate]:
                 vendor="nvidia" if cuda else "amd",
                 sms=sms,
                 cuda=cuda,
-                driver_floor=driver_floor(cuda, sms[0]) if cuda and sms else None,
+                driver_floor=driver_floor(cuda) if cuda else None,
                 torch=max(torches, key=version_key) if torches else None,
                 floating_tags=tuple(sorted(floating.get(target_id, []), key=len)),
                 immutable_tags=tuple(sorted(immutable.get(target_id, []))),
@@ -195,10 +206,10 @@ def candidates_from_json(data: object, source: str) -> list[Candidate]:
                 vendor=str(_pick(entry, "arch.vendor", "vendor") or ("nvidia" if kind == "cuda" else "amd")),
                 sms=sms,
                 cuda=cuda or None,
-                driver_floor=int(version_key(str(floor))[0]) if floor else (driver_floor(cuda, sms[0]) if cuda and sms else None),
+                driver_floor=int(version_key(str(floor))[0]) if floor else (driver_floor(cuda) if cuda else None),
                 torch=_pick(entry, "torch.version", "torch"),
-                floating_tags=tuple(tag for tag in tags if not IMMUTABLE_TAG.match(tag)),
-                immutable_tags=tuple(tag for tag in tags if IMMUTABLE_TAG.match(tag)),
+                floating_tags=tuple(tag for tag in tags if not is_immutable(tag)),
+                immutable_tags=tuple(tag for tag in tags if is_immutable(tag)),
             )
         )
     return result

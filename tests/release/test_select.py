@@ -29,16 +29,16 @@ TAGS = [
 CASES = [
     # (sm, driver) → expected tag, or a fragment of the refusal
     (("9.0", "580.65.06"), "hopper-cu130-torch2.14.1-20261120"),  # newest torch wins
-    (("9.0", "570.86"), "hopper-cu128-torch2.9.1-20261101"),  # 13.0 needs 580: newest that the driver allows
-    (("9.0", "535.104"), "hopper-cu128-torch2.9.1-20261101"),  # 12.x minor-version compatibility from 525
+    (("9.0", "575.51"), "hopper-cu128-torch2.9.1-20261101"),  # 13.0 needs 580: newest that the driver allows
+    (("9.0", "535.104"), "hopper-cu121-torch2.5.1-20261101"),  # 12.8 needs 570; 12.1 runs from 525
     (("9.0", "520.61"), "refused:driver 520.61 is too old"),  # 12.x needs 525; no 11.8 image for Hopper
-    (("8.6", "550.54"), "ampere-cu128-torch2.9.1-20261120"),  # newest release of the newest torch
-    (("8.0", "525.60"), "ampere-cu128-torch2.9.1-20261120"),
+    (("8.6", "570.86"), "ampere-cu128-torch2.9.1-20261120"),  # newest release of the newest torch
+    (("8.6", "550.54"), "ampere-cu121-torch2.5.1-20261101"),
     (("8.0", "470.82"), "refused:lowest floor is 525"),
     (("7.0", "535.1"), "volta-cu118-torch2.7.1-20261101"),  # Volta only has CUDA 11.8
     (("7.0", "510.47"), "refused:driver 510.47 is too old"),
-    (("10.0", "565.57"), "refused:too old"),  # Blackwell on 12.8 needs the 570 branch
-    (("10.0", "570.86"), "blackwell-cu128-torch2.9.1-20261101"),
+    (("10.0", "565.57"), "refused:too old"),  # Blackwell only has 12.8, which needs the 570 branch
+    (("12.0", "570.86"), "blackwell-cu128-torch2.9.1-20261101"),
     (("7.5", "580.1"), "refused:no image holds native code for SM 7.5"),
     (("8.9", "580.1"), "refused:no image holds native code for SM 8.9"),
 ]
@@ -59,7 +59,7 @@ def test_reason_names_arch_driver_and_torch() -> None:
     decision = choose(candidates_from_tags(TAGS), "9.0", "570.86")
     assert isinstance(decision, Choice)
     assert "arch match: SM 9.0" in decision.reason
-    assert "570.86 ≥ 525" in decision.reason
+    assert "570.86 ≥ 570" in decision.reason
     assert "newest torch: 2.9.1" in decision.reason
     assert "hopper-cu121" in decision.reason  # names what else would fit
 
@@ -69,9 +69,23 @@ def test_tag_parsing_ignores_foreign_tags_and_groups_by_target() -> None:
     assert set(by_id) == {"volta-cu118", "ampere-cu121", "ampere-cu128", "hopper-cu121", "hopper-cu128",
                           "hopper-cu130", "blackwell-cu128", "cdna3-rocm6.2"}
     assert by_id["hopper-cu130"].cuda == "13.0" and by_id["hopper-cu130"].driver_floor == 580
-    assert by_id["blackwell-cu128"].driver_floor == 570
+    assert by_id["blackwell-cu128"].driver_floor == 570 and by_id["hopper-cu121"].driver_floor == 525
     assert by_id["cdna3-rocm6.2"].vendor == "amd" and by_id["cdna3-rocm6.2"].cuda is None
     assert by_id["ampere-cu128"].floating_tags == ("ampere-cu128", "ampere-cu128-latest")
+
+
+def test_suffixed_target_ids_from_matrix_extra_cells() -> None:
+    tags = ["hopper-cu130", "hopper-cu130-latest", "hopper-cu130-torch2.14.1-2026.11.0",
+            "hopper-cu130-nvidia", "hopper-cu130-nvidia-latest", "hopper-cu130-nvidia-torch2.14.1-2026.11.0",
+            "hopper-cu128-torch2.7", "hopper-cu128-torch2.7-latest", "hopper-cu128-torch2.7-torch2.7.1-2026.11.0",
+            "hopper-cu128-torch2.7-torch2.7.1-2026.9.0"]
+    by_id = {c.target_id: c for c in candidates_from_tags(tags)}
+    assert set(by_id) == {"hopper-cu130", "hopper-cu130-nvidia", "hopper-cu128-torch2.7"}
+    assert by_id["hopper-cu128-torch2.7"].torch == "2.7.1"
+    assert by_id["hopper-cu128-torch2.7"].best_tag == "hopper-cu128-torch2.7-torch2.7.1-2026.11.0"  # 11 > 9
+    assert by_id["hopper-cu128-torch2.7"].floating_tags == ("hopper-cu128-torch2.7", "hopper-cu128-torch2.7-latest")
+    decision = choose(list(by_id.values()), "9.0", "580.1")
+    assert isinstance(decision, Choice) and decision.candidate.target_id == "hopper-cu130"  # default over flavor
 
 
 def test_floating_tag_when_no_immutable_tag_is_listed() -> None:
