@@ -1,9 +1,9 @@
-"""Publishing's error: one line for the user, exit code 5 (config errors are 2, build/gate errors others)."""
+"""Publishing's error: one line for the user, PushFailedError's exit code (7)."""
 
 from __future__ import annotations
 
+from imagefactory.errors import PushFailedError
 
-class ReleaseError(Exception):
-    """A push, tag or registry step that cannot go on; the message is the whole one-line error."""
 
-    exit_code = 5
+class ReleaseError(PushFailedError):
+    """A push, tag, registry or docs step that cannot go on; the message is the whole one-line error."""
