@@ -250,6 +250,9 @@ def parse_matrix(text: str, path: Path) -> Matrix:
     if doc.problems or matrix is None:
         problems = sorted(set(doc.problems)) or [(1, f"{path.name}:1: invalid matrix")]
         raise ConfigError([msg for _, msg in problems])
+    from .expand import expand  # noqa: PLC0415 - expand imports this module's neighbours, not the reverse
+
+    expand(matrix)  # refused or duplicate explicit cells are config errors too: report them at load time
     return matrix
 
 

@@ -1,0 +1,320 @@
+"""Matrix -> targets: default torch/flavor per arch x toolkit, target ids, `--select` globs.
+
+Target ids: `<arch>-<toolkit>` for a cell's default (newest torch and first flavor that pass every
+rule); a non-default torch adds `-torch<minor>`, a non-default flavor `-<flavor>`, an explicit dtype
+that differs from the arch's natural one `-<dtype>`: `hopper-cu128-torch2.7`, `hopper-cu130-nvidia`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+
+from packaging.version import Version
+
+from .errors import ConfigError, RefusedTargetError, UnknownTargetError, near_misses
+from .model import CellSpec, Matrix, ResolvedTorch, Target, TorchBuild, TrainDtype
+from .rules import Candidate, Refusal, check, payload_for, python_of
+
+ID_RE = re.compile(r"^(?P<arch>[a-z][a-z0-9]*)-(?P<toolkit>cu\d{3}|rocm\d+\.\d+)"
+                   r"(?:-torch(?P<torch>\d+\.\d+))?(?:-(?P<flavor>slim|nvidia|rocm))?(?:-(?P<dtype>bf16|fp16))?$")
+
+
+@dataclass(frozen=True)
+class RefusedCell:
+    """An arch x toolkit cell that an `expand: all` expansion skipped, and why."""
+
+    id: str
+    refusals: tuple[Refusal, ...]
+
+
+@dataclass(frozen=True)
+class Expansion:
+    targets: tuple[Target, ...]
+    refused: tuple[RefusedCell, ...]
+
+    def by_id(self) -> dict[str, Target]:
+        return {t.id: t for t in self.targets}
+
+
+@dataclass(frozen=True)
+class _Pick:
+    candidate: Candidate | None  # None: nothing passed
+    refusals: tuple[Refusal, ...]  # why the preferred candidates were refused
+
+
+def natural_dtype(candidate: Candidate) -> TrainDtype:
+    return "bf16" if "bf16" in candidate.arch.capabilities else "fp16"
+
+
+def _torches_for(matrix: Matrix, toolkit: str) -> list[TorchBuild]:
+    """Torch builds shipping the toolkit, newest first."""
+    shipping = [t for t in matrix.torches.values() if toolkit in t.toolkits]
+    return sorted(shipping, key=lambda t: Version(t.version), reverse=True)
+
+
+def _pick(matrix: Matrix, arch: str, toolkit: str, torch: str | None = None, flavor: str | None = None,
+          dtype: TrainDtype | None = None) -> _Pick:
+    """The first candidate (newest torch, then flavor preference) that passes every rule."""
+    tk = matrix.toolkits[toolkit]
+    torches = [matrix.torches[torch]] if torch else _torches_for(matrix, toolkit)
+    flavors = [flavor] if flavor else [f for f in tk.flavors if f in matrix.flavors] or list(matrix.flavors)
+    if not torches:
+        return _Pick(None, (Refusal("torch-toolkit", f"no torch in the matrix ships {toolkit}"),))
+    seen: dict[tuple[str, str], Refusal] = {}
+    for t in torches:
+        for f in flavors:
+            cand = Candidate(matrix.arches[arch], tk, t, matrix.flavors[f], dtype)
+            refusals = check(matrix, cand)
+            if not refusals:
+                return _Pick(cand, ())
+            seen.setdefault((refusals[0].rule, refusals[0].reason), refusals[0])
+    return _Pick(None, tuple(seen.values()))
+
+
+def make_id(arch: str, toolkit: str, torch_minor: str | None, flavor: str | None, dtype: str | None) -> str:
+    parts = [arch, toolkit]
+    if torch_minor:
+        parts.append(f"torch{torch_minor}")
+    if flavor:
+        parts.append(flavor)
+    if dtype:
+        parts.append(dtype)
+    return "-".join(parts)
+
+
+def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default: bool,
+                 why_torch: str, why_flavor: str) -> Target:
+    """Resolve every value a template or an execution command reads."""
+    arch, tk, torch, flavor = cand.arch, cand.toolkit, cand.torch, cand.flavor
+    base = tk.bases.get(flavor.name) or flavor.base
+    assert base is not None  # rule python refuses candidates without a base
+    python = base.python
+    payload = payload_for(matrix, torch.version, python)
+    assert payload is not None  # rule payload refuses candidates without one
+    nvcc = tk.nvcc[flavor.name]
+    index_url = None if torch.pypi_toolkit == tk.id else matrix.torch_index_url.format(toolkit=tk.id)
+    dtype = cand.dtype or natural_dtype(cand)
+    warm = matrix.warm_triton_cache and tk.kind == "cuda"
+    sm_codes = tuple(sm.replace(".", "") for sm in arch.sms)
+    bnb = matrix.bitsandbytes
+    labels = {
+        "org.opencontainers.image.title": f"{matrix.image_repo}:{target_id}",
+        "org.opencontainers.image.description": f"LLM fine-tuning image for {arch.name} "
+                                                f"({arch.description}) on {tk.id}, torch {torch.version}",
+        "io.imagefactory.target": target_id,
+        "io.imagefactory.arch": arch.name,
+        "io.imagefactory.vendor": arch.vendor,
+        "io.imagefactory.sm": ",".join(arch.sms) if arch.vendor == "nvidia" else ",".join(arch.gfx),
+        "io.imagefactory.toolkit": tk.id,
+        "io.imagefactory.torch": torch.version,
+        "io.imagefactory.triton": torch.triton,
+        "io.imagefactory.python": python,
+        "io.imagefactory.flavor": flavor.name,
+        "io.imagefactory.bitsandbytes": bnb.version,
+    }
+    if tk.driver_floor:
+        labels["io.imagefactory.driver-floor"] = tk.driver_floor
+    expect = {
+        "PROBE_EXPECT_TARGET": target_id,
+        "PROBE_EXPECT_VENDOR": arch.vendor,
+    }
+    if tk.kind == "cuda":
+        expect["PROBE_EXPECT_SM"] = ",".join(arch.sms)
+        expect["PROBE_EXPECT_CUDA"] = tk.version
+    else:
+        expect["PROBE_EXPECT_GFX"] = ",".join(arch.gfx)
+        expect["PROBE_EXPECT_ROCM"] = tk.version
+    expect |= {
+        "PROBE_EXPECT_TORCH": torch.version,
+        "PROBE_EXPECT_TRITON": torch.triton,
+        "PROBE_EXPECT_BITSANDBYTES": bnb.version,
+        "PROBE_EXPECT_PYTHON": python,
+        "PROBE_EXPECT_DTYPE": dtype,
+        "PROBE_EXPECT_WARM_CACHE": "1" if warm else "0",
+    }
+    base_src = (matrix.where("toolkits", tk.id, "bases", flavor.name) if flavor.name in tk.bases
+                else matrix.where("flavors", flavor.name, "base"))
+    provenance = {
+        "arch": matrix.where("arches", arch.name),
+        "sms": matrix.where("arches", arch.name, "sms" if arch.vendor == "nvidia" else "gfx"),
+        "toolkit": matrix.where("toolkits", tk.id),
+        "driver_floor": matrix.where("toolkits", tk.id, "driver_floor"),
+        "torch": f"{matrix.where('torch', torch.version)} ({why_torch})",
+        "torch.index_url": (f"{matrix.where('torch', torch.version, 'pypi_toolkit')} (PyPI build is {tk.id})"
+                            if index_url is None else matrix.where("torch_index_url")),
+        "triton": matrix.where("torch", torch.version, "triton"),
+        "flavor": f"{matrix.where('toolkits', tk.id, 'nvcc', flavor.name)} ({why_flavor})",
+        "base": base_src,
+        "python": f"{base_src} (python3 of the {flavor.name} base)",
+        "nvcc": matrix.where("toolkits", tk.id, "nvcc", flavor.name),
+        "bitsandbytes": matrix.where("bitsandbytes"),
+        "payload": f"{matrix.where('payloads', matrix.payloads.index(payload))} (first payload accepting "
+                   f"torch {torch.version}, python {python})",
+        "train_dtype": ("cells.extra" if cand.dtype else f"{matrix.where('arches', arch.name, 'capabilities')} "
+                        f"({'has' if dtype == 'bf16' else 'no'} bf16)"),
+        "image_repo": matrix.where("image_repo"),
+    }
+    return Target(
+        id=target_id,
+        arch=arch,
+        sms=arch.sms,
+        sm_codes=sm_codes,
+        gfx=arch.gfx,
+        cuda_arch_list=";".join(arch.sms),
+        toolkit=tk,
+        torch=ResolvedTorch(torch.version, torch.minor, index_url, torch.triton),
+        triton_version=torch.triton,
+        triton_package="triton" if tk.kind == "cuda" else "pytorch-triton-rocm",
+        python=python,
+        flavor=flavor.name,
+        base=base,
+        nvcc=nvcc.origin,
+        nvcc_packages=nvcc.packages,
+        bitsandbytes=bnb,
+        payload_name=payload.name,
+        payload_requirements=payload.requirements,
+        optional_requirements=matrix.optional_requirements,
+        train_dtype=dtype,
+        warm_triton_cache=warm,
+        image_repo=matrix.image_repo,
+        tags=(target_id, f"{target_id}-latest"),
+        labels=labels,
+        expect_env=expect,
+        is_default=is_default,
+        provenance=provenance,
+    )
+
+
+_CACHE: dict[int, tuple[Matrix, Expansion]] = {}
+
+
+def expand(matrix: Matrix) -> Expansion:
+    """Every target of the matrix (defaults, then extra cells) and the skipped cells. Cached per Matrix."""
+    hit = _CACHE.get(id(matrix))
+    if hit is not None and hit[0] is matrix:
+        return hit[1]
+    result = _expand(matrix)
+    _CACHE[id(matrix)] = (matrix, result)
+    return result
+
+
+def _defaults(matrix: Matrix) -> dict[tuple[str, str], _Pick]:
+    picks: dict[tuple[str, str], _Pick] = {}
+    for arch in matrix.arches.values():
+        for tk in matrix.toolkits.values():
+            if (tk.kind == "cuda") != (arch.vendor == "nvidia"):
+                continue  # a vendor mismatch is not a cell anyone asks about
+            picks[(arch.name, tk.id)] = _pick(matrix, arch.name, tk.id)
+    return picks
+
+
+def _expand(matrix: Matrix) -> Expansion:
+    defaults = _defaults(matrix)
+    targets: dict[str, Target] = {}
+    refused: list[RefusedCell] = []
+    if matrix.expand_all:
+        for (arch, tk), pick in defaults.items():
+            if pick.candidate is None:
+                refused.append(RefusedCell(f"{arch}-{tk}", pick.refusals))
+                continue
+            targets[f"{arch}-{tk}"] = build_target(
+                matrix, pick.candidate, f"{arch}-{tk}", is_default=True,
+                why_torch=f"newest torch that ships {tk} and passes every rule",
+                why_flavor="first flavor of the toolkit that passes every rule")
+    problems: list[str] = []
+    for i, spec in enumerate(matrix.extra_cells):
+        where = f"{matrix.path.name}:{spec.line}: cells.extra[{i}]"
+        target_or_refusal = _extra_target(matrix, spec, defaults)
+        if isinstance(target_or_refusal, str):
+            problems.append(f"{where}: {target_or_refusal}")
+            continue
+        if target_or_refusal.id in targets:
+            problems.append(f"{where}: duplicate target id {target_or_refusal.id!r} (the cell is already in the matrix)")
+            continue
+        targets[target_or_refusal.id] = target_or_refusal
+    if problems:
+        raise ConfigError(problems)
+    if not targets:
+        raise ConfigError([f"{matrix.path.name}:{matrix.lines.get(('cells',), 1)}: cells: the matrix yields no "
+                           f"targets (every combination is refused: imagefactory targets --why-not)"])
+    return Expansion(tuple(targets[k] for k in sorted(targets)), tuple(sorted(refused, key=lambda c: c.id)))
+
+
+def _extra_target(matrix: Matrix, spec: CellSpec, defaults: dict[tuple[str, str], _Pick]) -> Target | str:
+    arch, tk = matrix.arches[spec.arch], matrix.toolkits[spec.toolkit]
+    if (tk.kind == "cuda") != (arch.vendor == "nvidia"):
+        return f"refused by rule vendor: {arch.name} is an {arch.vendor} arch; {tk.id} is a {tk.kind} toolkit"
+    pick = _pick(matrix, spec.arch, spec.toolkit, spec.torch, spec.flavor, spec.dtype)
+    if pick.candidate is None:
+        return "; ".join(str(r) for r in pick.refusals)
+    default = defaults[(spec.arch, spec.toolkit)].candidate
+    cand = pick.candidate
+    torch_suffix = cand.torch.minor if default is None or cand.torch != default.torch else None
+    flavor_suffix = cand.flavor.name if default is None or cand.flavor != default.flavor else None
+    dtype_suffix = spec.dtype if spec.dtype and spec.dtype != natural_dtype(cand) else None
+    target_id = make_id(spec.arch, spec.toolkit, torch_suffix, flavor_suffix, dtype_suffix)
+    return build_target(matrix, cand, target_id, is_default=False,
+                        why_torch="pinned in cells.extra" if spec.torch else "default torch of the cell",
+                        why_flavor="pinned in cells.extra" if spec.flavor else "first flavor that passes")
+
+
+def all_targets(matrix: Matrix) -> tuple[Target, ...]:
+    return expand(matrix).targets
+
+
+def resolve_target(matrix: Matrix, target_id: str) -> Target:
+    """The target with this id; otherwise an error that names the refusing rule or the near misses."""
+    known = expand(matrix).by_id()
+    if target_id in known:
+        return known[target_id]
+    parsed = ID_RE.match(target_id)
+    if parsed and parsed["arch"] in matrix.arches and parsed["toolkit"] in matrix.toolkits:
+        torch = None
+        if parsed["torch"]:
+            torch = next((t.version for t in matrix.torches.values() if t.minor == parsed["torch"]), None)
+            if torch is None:
+                raise UnknownTargetError(f"{target_id}: no torch {parsed['torch']} in {matrix.path.name} "
+                                         f"(torch: {', '.join(t.minor for t in matrix.torches.values())})")
+        arch, tk = matrix.arches[parsed["arch"]], matrix.toolkits[parsed["toolkit"]]
+        if (tk.kind == "cuda") != (arch.vendor == "nvidia"):
+            raise RefusedTargetError(f"{target_id}: refused by rule vendor: {arch.name} is an {arch.vendor} arch; "
+                                     f"{tk.id} is a {tk.kind} toolkit")
+        pick = _pick(matrix, parsed["arch"], parsed["toolkit"], torch, parsed["flavor"], parsed["dtype"])  # type: ignore[arg-type]
+        if pick.candidate is None:
+            raise RefusedTargetError(f"{target_id}: " + "; ".join(str(r) for r in pick.refusals))
+        raise UnknownTargetError(f"{target_id}: compatible, but not a cell of {matrix.path.name}; add it under "
+                                 f"cells.extra to build it")
+    raise UnknownTargetError(_unknown_message(f"unknown target {target_id!r}", target_id, known))
+
+
+def _unknown_message(prefix: str, word: str, known: dict[str, Target]) -> str:
+    close = near_misses(word, known, n=5)
+    if close:
+        return f"{prefix}; did you mean: {', '.join(close)}?"
+    return f"{prefix}; `imagefactory targets` lists the {len(known)} targets"
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`hopper-{cu128,cu130}` -> ['hopper-cu128', 'hopper-cu130'] (nested braces work; no brace: as is)."""
+    match = re.search(r"\{([^{}]*)\}", pattern)
+    if match is None:
+        return [pattern]
+    head, tail = pattern[: match.start()], pattern[match.end():]
+    out: list[str] = []
+    for option in match.group(1).split(","):
+        out.extend(expand_braces(head + option + tail))
+    return out
+
+
+def select_targets(matrix: Matrix, pattern: str) -> list[Target]:
+    """Targets whose id matches the glob (`*`, `?`, `[...]`, `{a,b}`); an error when none does."""
+    patterns = expand_braces(pattern)
+    targets = [t for t in expand(matrix).targets if any(fnmatch.fnmatchcase(t.id, p) for p in patterns)]
+    if not targets:
+        known = expand(matrix).by_id()
+        if len(patterns) == 1 and not any(ch in pattern for ch in "*?["):
+            resolve_target(matrix, pattern)  # an exact id: say why it is refused or what is near
+        raise UnknownTargetError(_unknown_message(f"no target matches {pattern!r}", pattern, known))
+    return targets

@@ -1,0 +1,184 @@
+"""Compatibility rules. Each rule looks at one candidate cell and returns a `Refusal` or None.
+
+A rule's name is what users see (`refused by rule sm-floor: ...`) and what docs/matrix.md lists.
+Rules read only the typed `Matrix`; the facts they apply live in matrix.yaml with their sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from .model import ArchFamily, Flavor, Matrix, Payload, Toolkit, TorchBuild, TrainDtype, minor_of
+
+
+@dataclass(frozen=True)
+class Candidate:
+    arch: ArchFamily
+    toolkit: Toolkit
+    torch: TorchBuild
+    flavor: Flavor
+    dtype: TrainDtype | None  # None: bf16 where the arch has it, else fp16
+
+
+@dataclass(frozen=True)
+class Refusal:
+    rule: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"refused by rule {self.rule}: {self.reason}"
+
+
+def _v(text: str) -> Version:
+    return Version(text)
+
+
+def python_of(matrix: Matrix, toolkit: Toolkit, flavor: Flavor) -> str | None:
+    base = toolkit.bases.get(flavor.name) or flavor.base
+    return base.python if base else None
+
+
+def payload_for(matrix: Matrix, torch: str, python: str) -> Payload | None:
+    """The first payload whose torch and python specifiers both match."""
+    for payload in matrix.payloads:
+        if _v(torch) in SpecifierSet(payload.torch) and _v(python) in SpecifierSet(payload.python):
+            return payload
+    return None
+
+
+def vendor(m: Matrix, c: Candidate) -> Refusal | None:
+    wanted = "nvidia" if c.toolkit.kind == "cuda" else "amd"
+    if c.arch.vendor != wanted:
+        return Refusal("vendor", f"{c.arch.name} is an {c.arch.vendor} arch; {c.toolkit.id} is a {c.toolkit.kind} toolkit")
+    return None
+
+
+def sm_floor(m: Matrix, c: Candidate) -> Refusal | None:
+    if c.toolkit.kind != "cuda":
+        return None
+    for sm in c.arch.sms:
+        floor = m.sm_min_cuda.get(sm)
+        if floor and _v(c.toolkit.version) < _v(floor):
+            return Refusal("sm-floor", f"sm_{sm.replace('.', '')} needs CUDA >= {floor}, {c.toolkit.id} is "
+                                       f"CUDA {c.toolkit.version} ({m.where('sm_min_cuda', sm)})")
+    return None
+
+
+def sm_dropped(m: Matrix, c: Candidate) -> Refusal | None:
+    below = c.toolkit.drops_sm_below
+    if c.toolkit.kind != "cuda" or below is None:
+        return None
+    for sm in c.arch.sms:
+        if _v(sm) < _v(below):
+            return Refusal("sm-dropped", f"CUDA {c.toolkit.version} dropped every SM below {below}; "
+                                         f"{c.arch.name} is sm_{sm.replace('.', '')}")
+    return None
+
+
+def rocm_arch(m: Matrix, c: Candidate) -> Refusal | None:
+    if c.toolkit.kind != "rocm" or c.arch.min_rocm is None:
+        return None
+    if _v(c.toolkit.version) < _v(c.arch.min_rocm):
+        return Refusal("rocm-arch", f"{'/'.join(c.arch.gfx)} needs ROCm >= {c.arch.min_rocm}, "
+                                    f"{c.toolkit.id} is ROCm {c.toolkit.version}")
+    return None
+
+
+def torch_toolkit(m: Matrix, c: Candidate) -> Refusal | None:
+    if c.toolkit.id not in c.torch.toolkits:
+        return Refusal("torch-toolkit", f"torch {c.torch.version} is not published for {c.toolkit.id} "
+                                        f"(it ships for {', '.join(c.torch.toolkits)})")
+    return None
+
+
+def torch_triton(m: Matrix, c: Candidate) -> Refusal | None:
+    wanted = m.triton_pairing.get(c.torch.minor)
+    if wanted is None:
+        return Refusal("torch-triton", f"no triton pairing declared for torch {c.torch.minor} (add it to triton_pairing)")
+    if minor_of(c.torch.triton) != wanted:
+        return Refusal("torch-triton", f"torch {c.torch.minor} pairs with triton {wanted}.x, "
+                                       f"matrix says triton {c.torch.triton}")
+    return None
+
+
+def flavor_vendor(m: Matrix, c: Candidate) -> Refusal | None:
+    if c.flavor.vendor != c.arch.vendor:
+        return Refusal("flavor-vendor", f"flavor {c.flavor.name} serves {c.flavor.vendor} GPUs, {c.arch.name} is "
+                                        f"{c.arch.vendor}")
+    if c.flavor.name not in c.toolkit.nvcc:
+        return Refusal("flavor-vendor", f"{c.toolkit.id} declares no way to build in the {c.flavor.name} flavor "
+                                        f"(its flavors: {', '.join(c.toolkit.flavors)})")
+    return None
+
+
+def slim_nvcc(m: Matrix, c: Candidate) -> Refusal | None:
+    src = c.toolkit.nvcc.get(c.flavor.name)
+    if src is not None and src.origin == "none" and m.bitsandbytes.mode == "source":
+        return Refusal("slim-nvcc", f"bitsandbytes mode source needs a CUDA compiler, and the {c.flavor.name} flavor "
+                                    f"has none for CUDA {c.toolkit.version} (no nvcc on PyPI for 12.x): "
+                                    f"use the nvidia flavor")
+    return None
+
+
+def python_supported(m: Matrix, c: Candidate) -> Refusal | None:
+    python = python_of(m, c.toolkit, c.flavor)
+    if python is None:
+        return Refusal("python", f"no base image for {c.flavor.name} x {c.toolkit.id}, so no python")
+    if python not in c.torch.pythons:
+        return Refusal("python", f"the {c.flavor.name} base for {c.toolkit.id} ships python {python}; torch "
+                                 f"{c.torch.version} has wheels for {', '.join(c.torch.pythons)}")
+    return None
+
+
+def bitsandbytes_torch(m: Matrix, c: Candidate) -> Refusal | None:
+    spec = m.bitsandbytes.requires_torch
+    if _v(c.torch.version) not in SpecifierSet(spec):
+        return Refusal("bitsandbytes-torch", f"bitsandbytes {m.bitsandbytes.version} requires torch{spec}, "
+                                             f"not {c.torch.version}")
+    return None
+
+
+def payload(m: Matrix, c: Candidate) -> Refusal | None:
+    python = python_of(m, c.toolkit, c.flavor)
+    if python is not None and payload_for(m, c.torch.version, python) is None:
+        return Refusal("payload", f"no payload accepts torch {c.torch.version} with python {python} "
+                                  f"({', '.join(f'{p.name}: torch{p.torch} python{p.python}' for p in m.payloads)})")
+    return None
+
+
+def bf16(m: Matrix, c: Candidate) -> Refusal | None:
+    if c.dtype == "bf16" and "bf16" not in c.arch.capabilities:
+        return Refusal("bf16", f"{c.arch.name} has no bf16 (needs SM >= 8.0); use dtype fp16")
+    return None
+
+
+# Order matters only for which refusal is reported first: hardware facts before packaging facts.
+RULES: tuple[tuple[str, Callable[[Matrix, Candidate], Refusal | None], str], ...] = (
+    ("vendor", vendor, "the arch's vendor matches the toolkit (CUDA: nvidia, ROCm: amd)"),
+    ("sm-floor", sm_floor, "each SM needs a CUDA at least as new as sm_min_cuda says"),
+    ("sm-dropped", sm_dropped, "a toolkit's drops_sm_below removes older SMs (CUDA 13: < 7.5)"),
+    ("rocm-arch", rocm_arch, "an AMD arch needs ROCm >= its min_rocm"),
+    ("torch-toolkit", torch_toolkit, "PyTorch publishes the torch release for the toolkit"),
+    ("torch-triton", torch_triton, "the torch's triton matches triton_pairing"),
+    ("flavor-vendor", flavor_vendor, "the flavor serves the arch's vendor and the toolkit declares it"),
+    ("slim-nvcc", slim_nvcc, "bitsandbytes from source needs a compiler in the flavor"),
+    ("python", python_supported, "the flavor's python has a torch wheel"),
+    ("bitsandbytes-torch", bitsandbytes_torch, "bitsandbytes accepts the torch version"),
+    ("payload", payload, "a payload accepts the torch and python"),
+    ("bf16", bf16, "bf16 settings only on SMs with bf16"),
+)
+RULE_NAMES = tuple(name for name, _, _ in RULES)
+
+
+def check(matrix: Matrix, candidate: Candidate) -> list[Refusal]:
+    """Every refusal for the candidate, in rule order (empty: allowed)."""
+    return [r for _, rule, _ in RULES if (r := rule(matrix, candidate)) is not None]
+
+
+def explain(matrix: Matrix, candidate: Candidate) -> list[tuple[str, str, Refusal | None]]:
+    """(rule, what it checks, refusal or None) for every rule: what `explain` prints."""
+    return [(name, doc, rule(matrix, candidate)) for name, rule, doc in RULES]
