@@ -3,7 +3,7 @@
 - docs/supported-tags.md   target → tags, SMs, CUDA/ROCm, torch, python, minimum driver (like NVIDIA's page)
 - docs/supported-tags.json the same for machines: `python -m probe select --tags-file` reads it
 - docs/deploy/<target>/runpod-template.json   body for RunPod's `POST /v1/templates`
-- docs/deploy/<target>/lambda-cloud-init.yaml user data for a Lambda Cloud instance
+- docs/deploy/<target>/lambda-cloud-init.yaml user data for a Lambda Cloud instance (NVIDIA targets)
 
 Pure: targets in, {path: text} out. Writing only changes files whose text differs, and removes
 deploy files of targets that left the matrix.
@@ -211,7 +211,8 @@ def generate(targets: Iterable[Target], repo: str = DOCS_REPO, docs_dir: Path = 
     }
     for row in rows:
         files[docs_dir / "deploy" / row.target_id / "runpod-template.json"] = runpod_template(row, repo)
-        files[docs_dir / "deploy" / row.target_id / "lambda-cloud-init.yaml"] = lambda_cloud_init(row, repo)
+        if row.vendor == "nvidia":  # Lambda Cloud rents NVIDIA GPUs only
+            files[docs_dir / "deploy" / row.target_id / "lambda-cloud-init.yaml"] = lambda_cloud_init(row, repo)
     return files
 
 

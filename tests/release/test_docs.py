@@ -80,3 +80,11 @@ def test_check_finds_drift_and_write_fixes_it(tmp_path: Path) -> None:
     assert any("ampere-cu126/runpod-template.json: target no longer in the matrix" in p for p in problems)
     write(fewer, tmp_path)
     assert drift(fewer, tmp_path) == [] and not (tmp_path / "deploy" / "ampere-cu126").exists()
+
+
+def test_committed_docs_match_the_matrix() -> None:
+    """The check CI runs: regenerate from matrix.yaml and compare with docs/ (refresh: see docs/release.md)."""
+    from imagefactory.release_cli import main  # noqa: PLC0415
+
+    root = Path(__file__).resolve().parents[2]
+    assert main(["--matrix", str(root / "matrix.yaml"), "docs", "--check", "--docs-dir", str(root / "docs")]) == 0

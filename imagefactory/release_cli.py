@@ -1,0 +1,115 @@
+"""`python -m imagefactory.release_cli push|docs|summary` (also reachable as `python -m imagefactory push …`
+once the main CLI delegates here).
+
+  push TARGET --registry HOST[:PORT]/NAME [--release R]   publish a gated image (see imagefactory.release)
+  docs [--check] [--repo REPO]                            supported-tags page + deploy files from matrix.yaml
+  summary reports/*/release.json                          markdown table of published tags (CI summary)
+
+Every failure is one `error: …` line and a non-zero exit code (ReleaseError → 7, config errors → 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from imagefactory.errors import ImageFactoryError
+from imagefactory.release import REPORTS_DIR, GateReport, default_release, publish, release_tags, summary_markdown, write_release_record
+from imagefactory.release_docs import DOCS_REPO, drift, generate, write
+from imagefactory.release_errors import ReleaseError
+from imagefactory.release_registry import Registry, RepoRef
+
+MATRIX = Path("matrix.yaml")
+
+
+def _targets(matrix_path: Path):
+    from imagefactory.expand import all_targets  # noqa: PLC0415 - planning, loaded only when needed
+    from imagefactory.matrix import load_matrix  # noqa: PLC0415
+
+    return all_targets(load_matrix(matrix_path))
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    files = generate(_targets(args.matrix), repo=args.repo, docs_dir=args.docs_dir)
+    if args.check:
+        problems = drift(files, args.docs_dir)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            print("error: generated docs are out of date; run: python -m imagefactory.release_cli docs", file=sys.stderr)
+            return 1
+        print(f"docs in sync ({len(files)} files)")
+        return 0
+    changed = write(files, args.docs_dir)
+    print(f"{len(changed)} of {len(files)} generated files changed" + "".join(f"\n  {p}" for p in changed))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from imagefactory.expand import resolve_target  # noqa: PLC0415
+    from imagefactory.matrix import load_matrix  # noqa: PLC0415
+    from imagefactory.release_docker import CliDocker  # noqa: PLC0415 - execution layer
+
+    target = resolve_target(load_matrix(args.matrix), args.target)
+    repo = RepoRef.parse(args.registry)
+    tags = release_tags(target.id, target.torch.version, args.release or default_release())
+    report = GateReport.read(args.reports_dir / target.id / "gate.json")
+    result = publish(tags, report, target.id, repo, CliDocker(), Registry(repo), say=lambda m: print(m, flush=True))
+    record = write_release_record(result, target.id, args.reports_dir)
+    print(f"published {repo}:{tags.immutable} ({result.digest}); floating: {', '.join(tags.floating)}; record: {record}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    records = []
+    for path in args.records:
+        try:
+            records.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as error:
+            raise ReleaseError(f"{path}: unreadable release record ({error})") from None
+    sys.stdout.write(summary_markdown(records))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m imagefactory.release_cli", description="publish gated images; generate user docs")
+    top.add_argument("--matrix", type=Path, default=MATRIX, help="matrix file (default: matrix.yaml)")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    push = sub.add_parser("push", help="push a gated image: immutable tag, then floating tags")
+    push.add_argument("target", help="target id, e.g. hopper-cu130")
+    push.add_argument("--registry", required=True, help="HOST[:PORT]/NAME, e.g. ghcr.io/org/imagefactory")
+    push.add_argument("--release", help="release version in the immutable tag (default: UTC date YYYYMMDD)")
+    push.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, help="where gate reports are (default: reports)")
+    push.set_defaults(func=cmd_push)
+
+    docs = sub.add_parser("docs", help="docs/supported-tags.{md,json} and docs/deploy/ from the matrix")
+    docs.add_argument("--check", action="store_true", help="change nothing; exit 1 when a generated file differs")
+    docs.add_argument("--repo", default=DOCS_REPO, help=f"repository the docs name (default: {DOCS_REPO})")
+    docs.add_argument("--docs-dir", type=Path, default=Path("docs"))
+    docs.set_defaults(func=cmd_docs)
+
+    summary = sub.add_parser("summary", help="markdown table of reports/*/release.json")
+    summary.add_argument("records", nargs="*", help="release.json files")
+    summary.set_defaults(func=cmd_summary)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ImageFactoryError as error:
+        for line in error.lines():
+            print(f"error: {line}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; floating tags are moved only after the immutable tag is in place", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
