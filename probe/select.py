@@ -64,8 +64,10 @@ DRIVER_NATIVE_CUDA: tuple[tuple[int, str], ...] = (
     (520, "11.8"),
 )
 
-# `<arch>-<toolkit>` plus matrix.yaml's suffixes for non-default cells: `-torch<minor>`, `-<flavor>`.
-TARGET_ID = re.compile(r"^(?P<arch>[a-z][a-z0-9]*)-(?P<toolkit>cu\d{3}|rocm\d+(?:\.\d+)*)(?:-torch\d+\.\d+)?(?:-(?!latest$)[a-z]+)?$")
+# `<arch>-<toolkit>` plus the suffixes of non-default cells (imagefactory/expand.py): `-torch<minor>`,
+# `-<flavor>`, `-<dtype>`.
+TARGET_ID = re.compile(r"^(?P<arch>[a-z][a-z0-9]*)-(?P<toolkit>cu\d{3}|rocm\d+(?:\.\d+)*)"
+                       r"(?:-torch\d+\.\d+)?(?:-(?:slim|nvidia|rocm))?(?:-(?:bf16|fp16))?$")
 IMMUTABLE_TAG = re.compile(r"^(?P<id>.+)-torch(?P<torch>\d+(?:\.\d+)+)-(?P<release>[A-Za-z0-9._]+)$")
 FLOATING_SUFFIX = "-latest"
 

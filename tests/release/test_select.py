@@ -78,9 +78,9 @@ def test_suffixed_target_ids_from_matrix_extra_cells() -> None:
     tags = ["hopper-cu130", "hopper-cu130-latest", "hopper-cu130-torch2.14.1-2026.11.0",
             "hopper-cu130-nvidia", "hopper-cu130-nvidia-latest", "hopper-cu130-nvidia-torch2.14.1-2026.11.0",
             "hopper-cu128-torch2.7", "hopper-cu128-torch2.7-latest", "hopper-cu128-torch2.7-torch2.7.1-2026.11.0",
-            "hopper-cu128-torch2.7-torch2.7.1-2026.9.0"]
+            "hopper-cu128-torch2.7-torch2.7.1-2026.9.0", "turing-cu126-fp16", "turing-cu126-fp16-latest"]
     by_id = {c.target_id: c for c in candidates_from_tags(tags)}
-    assert set(by_id) == {"hopper-cu130", "hopper-cu130-nvidia", "hopper-cu128-torch2.7"}
+    assert set(by_id) == {"hopper-cu130", "hopper-cu130-nvidia", "hopper-cu128-torch2.7", "turing-cu126-fp16"}
     assert by_id["hopper-cu128-torch2.7"].torch == "2.7.1"
     assert by_id["hopper-cu128-torch2.7"].best_tag == "hopper-cu128-torch2.7-torch2.7.1-2026.11.0"  # 11 > 9
     assert by_id["hopper-cu128-torch2.7"].floating_tags == ("hopper-cu128-torch2.7", "hopper-cu128-torch2.7-latest")
