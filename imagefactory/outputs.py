@@ -1,0 +1,87 @@
+"""`targets --format json | github | bake`: machine-readable views of the resolved targets.
+
+Deterministic (sorted keys, fixed indentation) so that golden files and CI diffs stay stable.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from .model import Target
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses/tuples/frozensets -> JSON-ready dicts/lists (frozensets sorted)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
+        if isinstance(value, Target):
+            out["dockerfile"] = value.dockerfile
+        return out
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, frozenset):
+        return sorted(to_plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def targets_json(targets: Iterable[Target]) -> str:
+    """Every resolved value of every target, with where it came from (`provenance`)."""
+    return dumps([to_plain(t) for t in targets])
+
+
+def github_matrix(targets: Iterable[Target]) -> str:
+    """`{"include": [...]}` for a GitHub Actions `strategy.matrix` (one job per target)."""
+    include = [
+        {
+            "target": t.id,
+            "arch": t.arch.name,
+            "vendor": t.arch.vendor,
+            "toolkit": t.toolkit.id,
+            "torch": t.torch.version,
+            "flavor": t.flavor,
+            "python": t.python,
+            "dockerfile": t.dockerfile,
+            "sm": ",".join(t.sms or t.gfx),
+            "warm_triton_cache": t.warm_triton_cache,
+        }
+        for t in targets
+    ]
+    return dumps({"include": include})
+
+
+def bake_name(target_id: str) -> str:
+    """Bake target names allow only [A-Za-z0-9_-]: `cdna3-rocm6.2` -> `cdna3-rocm6_2`."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", target_id)
+
+
+def bake_file(targets: Iterable[Target], *, cache_dir: str = ".cache/buildx") -> str:
+    """A docker-bake.json with one target per cell; `docker buildx bake -f - --print` accepts it.
+
+    `args` sets BNB_SOURCE (an ARG of templates/Dockerfile.j2) from the matrix's bitsandbytes mode;
+    the cache is a local directory per target, so cells never evict each other's layers.
+    """
+    targets = list(targets)
+    names = [bake_name(t.id) for t in targets]
+    bake_targets: dict[str, Any] = {}
+    for name, t in zip(names, targets):
+        bake_targets[name] = {
+            "context": ".",
+            "dockerfile": t.dockerfile,
+            "args": {"BNB_SOURCE": "git" if t.bitsandbytes.mode == "source" else "wheel"},
+            "tags": [f"{t.image_repo}:{tag}" for tag in t.tags],
+            "labels": dict(t.labels),
+            "cache-from": [f"type=local,src={cache_dir}/{t.id}"],
+            "cache-to": [f"type=local,dest={cache_dir}/{t.id},mode=max"],
+            "platforms": ["linux/amd64"],
+        }
+    return dumps({"group": {"default": {"targets": names}}, "target": bake_targets})
