@@ -1,0 +1,51 @@
+# imagefactory: the same commands as `python -m imagefactory …` and nox, for people who type make.
+# `make help` lists the targets (every target with a `## ` comment).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CLI    := $(PY) -m imagefactory
+
+.DEFAULT_GOAL := help
+.PHONY: help venv render check test lint targets bootstrap
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_\/%.-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  (targets: make targets; build one: make build/hopper-cu130)"
+
+# A stamp file, not $(PY): $(PY) is a symlink, and touching it would touch the system python.
+STAMP  := $(VENV)/.imagefactory-installed
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## Create .venv with the package (editable) and dev tools
+
+targets: $(STAMP) ## List the targets of matrix.yaml
+	$(CLI) targets
+
+render: $(STAMP) ## Render dockerfiles/<target>/Dockerfile (writes only changed files)
+	$(CLI) render
+
+check: $(STAMP) ## Fail (exit 1) if any rendered Dockerfile differs from matrix.yaml + templates/
+	$(CLI) render --check
+
+test: $(STAMP) ## Run every test (docker/gpu tests skip themselves when absent)
+	$(PY) -m pytest
+
+lint: $(STAMP) ## render --check and hadolint on every rendered Dockerfile
+	$(PY) -m nox -s lint
+
+bootstrap: $(STAMP) ## Bootstrap the local base images imagefactory/base:bookworm[-build]
+	$(CLI) bootstrap
+
+build/%: $(STAMP) ## Build one target and gate it, e.g. make build/hopper-cu130
+	$(CLI) build $*
+
+gate/%: $(STAMP) ## Run the probe + smoke gate in a built target image
+	$(CLI) gate $*
+
+push/%: $(STAMP) ## Push a gated target image
+	$(CLI) push $*

