@@ -1,0 +1,130 @@
+"""Publishing against a real registry (Debian's docker-registry on 127.0.0.1) with real Docker and tiny
+images: tags, refusal to overwrite, floating moves, a push failing midway, pull-back by digest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from imagefactory.release import GATE_IMAGE_LABEL, GATE_LABEL, GATE_REPORT_LABEL, SBOM_LABEL, GateReport, publish, release_tags
+from imagefactory.release_docker import CliDocker
+from imagefactory.release_errors import ReleaseError
+from imagefactory.release_registry import Registry, RepoRef
+
+pytestmark = [pytest.mark.docker, pytest.mark.registry]
+
+TARGET = "hopper-cu130"
+
+
+def docker(*args: str) -> str:
+    done = subprocess.run([CliDocker().client, *args], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
+    return done.stdout.strip()
+
+
+def tiny_image(tmp_path: Path, content: str, *, sbom: bool = True) -> str:
+    """A one-file image (docker import of a tar), labelled like a gated build; returns its ID."""
+    root = tmp_path / f"root-{content}"
+    if (tmp_path / f"{content}.id").exists():  # one image per content within a test (import stamps a new date)
+        return (tmp_path / f"{content}.id").read_text()
+    (root / "opt" / "imagefactory").mkdir(parents=True)
+    (root / "opt" / "imagefactory" / "sbom.cdx.json").write_text(json.dumps({"bomFormat": "CycloneDX", "content": content}))
+    archive = tmp_path / f"{content}.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname=".")
+    change = ["-c", f"LABEL {SBOM_LABEL}=/opt/imagefactory/sbom.cdx.json"] if sbom else []
+    image_id = docker("import", *change, str(archive), f"imagefactory-test/{TARGET}:{content}")
+    (tmp_path / f"{content}.id").write_text(image_id)
+    return image_id
+
+
+def gate_report(tmp_path: Path, image_id: str, result: str = "passed") -> GateReport:
+    path = tmp_path / f"gate-{image_id[7:19]}.json"
+    path.write_text(json.dumps({"target": TARGET, "image_id": image_id, "result": result, "checks": 12}))
+    return GateReport.read(path)
+
+
+@pytest.fixture
+def repo(local_registry) -> RepoRef:
+    return RepoRef.parse(f"{local_registry.host}/imagefactory")  # a fresh registry per test
+
+
+def push(tmp_path: Path, repo: RepoRef, image_id: str, release: str, docker_ops=None):
+    return publish(release_tags(TARGET, "2.14.1", release), gate_report(tmp_path, image_id), TARGET, repo,
+                   docker_ops or CliDocker(), Registry(repo), say=lambda _m: None)
+
+
+def test_push_tags_labels_and_pull_back_by_digest(tmp_path: Path, repo: RepoRef) -> None:
+    image = tiny_image(tmp_path, "a")
+    result = push(tmp_path, repo, image, "20261127")
+    registry = Registry(repo)
+    for tag in ("hopper-cu130-torch2.14.1-20261127", "hopper-cu130", "hopper-cu130-latest"):
+        remote = registry.image(tag)
+        assert remote is not None and remote.digest == result.digest, tag
+    labels = registry.image("hopper-cu130").labels  # type: ignore[union-attr]
+    assert labels[GATE_LABEL] == "passed" and labels[GATE_IMAGE_LABEL] == image
+    assert json.loads(labels[GATE_REPORT_LABEL])["checks"] == 12 and labels[SBOM_LABEL].endswith("sbom.cdx.json")
+
+    by_digest = f"{repo}@{result.digest}"
+    for tag in ("hopper-cu130-torch2.14.1-20261127", "hopper-cu130", "hopper-cu130-latest"):
+        docker("rmi", f"{repo}:{tag}")
+    docker("pull", by_digest)
+    assert docker("image", "inspect", "--format", "{{index .Config.Labels \"io.imagefactory.gate.image\"}}", by_digest) == image
+
+
+def test_immutable_tag_is_never_overwritten(tmp_path: Path, repo: RepoRef) -> None:
+    first = push(tmp_path, repo, tiny_image(tmp_path, "a"), "20261127")
+    with pytest.raises(ReleaseError, match="already exists with different content"):
+        push(tmp_path, repo, tiny_image(tmp_path, "b"), "20261127")
+    registry = Registry(repo)
+    assert {registry.image(t).digest for t in ("hopper-cu130-torch2.14.1-20261127", "hopper-cu130", "hopper-cu130-latest")} == {first.digest}  # type: ignore[union-attr]
+    again = push(tmp_path, repo, tiny_image(tmp_path, "a"), "20261127")  # same gated image: fine, nothing re-pushed
+    assert again.already_there and again.digest == first.digest
+
+
+def test_floating_tags_follow_a_new_release_and_old_one_stays(tmp_path: Path, repo: RepoRef) -> None:
+    first = push(tmp_path, repo, tiny_image(tmp_path, "a"), "20261127")
+    second = push(tmp_path, repo, tiny_image(tmp_path, "b"), "20261128")
+    registry = Registry(repo)
+    assert second.digest != first.digest
+    assert registry.image("hopper-cu130").digest == registry.image("hopper-cu130-latest").digest == second.digest  # type: ignore[union-attr]
+    assert registry.image("hopper-cu130-torch2.14.1-20261127").digest == first.digest  # type: ignore[union-attr]
+    assert sorted(registry.tags()) == sorted(["hopper-cu130", "hopper-cu130-latest", "hopper-cu130-torch2.14.1-20261127",
+                                              "hopper-cu130-torch2.14.1-20261128"])
+
+
+class KillRegistryOnPush(CliDocker):
+    """Real Docker, but the registry dies just as the immutable tag's push starts."""
+
+    def __init__(self, registry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def push(self, ref: str) -> str:
+        if "-torch" in ref.rsplit(":", 1)[1]:
+            self.registry.stop()
+        return super().push(ref)
+
+
+def test_push_failing_midway_leaves_floating_tags(tmp_path: Path, repo: RepoRef, local_registry) -> None:
+    first = push(tmp_path, repo, tiny_image(tmp_path, "a"), "20261127")
+    with pytest.raises(ReleaseError) as failure:
+        push(tmp_path, repo, tiny_image(tmp_path, "b"), "20261128", docker_ops=KillRegistryOnPush(local_registry))
+    assert "\n" not in str(failure.value)
+    local_registry.start()  # same storage: what a user sees after the outage
+    registry = Registry(repo)
+    assert registry.image("hopper-cu130").digest == registry.image("hopper-cu130-latest").digest == first.digest  # type: ignore[union-attr]
+    assert registry.image("hopper-cu130-torch2.14.1-20261128") is None
+
+
+def test_refuses_ungated_and_sbom_less_images(tmp_path: Path, repo: RepoRef) -> None:
+    image = tiny_image(tmp_path, "a")
+    with pytest.raises(ReleaseError, match="the gate did not pass"):
+        publish(release_tags(TARGET, "2.14.1", "1"), gate_report(tmp_path, image, "failed"), TARGET, repo, CliDocker(), Registry(repo))
+    with pytest.raises(ReleaseError, match="no io.imagefactory.sbom label"):
+        push(tmp_path, repo, tiny_image(tmp_path, "nosbom", sbom=False), "1")
+    assert Registry(repo).tags() == []
