@@ -1,5 +1,5 @@
-"""`python -m imagefactory.release_cli push|docs|summary` (also reachable as `python -m imagefactory push …`
-once the main CLI delegates here).
+"""`python -m imagefactory push|docs|summary` (registered into imagefactory.cli; also runnable alone as
+`python -m imagefactory.release_cli …`). `nox -s push-<target> -- --registry REPO` runs push.
 
   push TARGET --registry HOST[:PORT]/NAME [--release R]   publish a gated image (see imagefactory.release)
   docs [--check] [--repo REPO]                            supported-tags page + deploy files from matrix.yaml
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,18 +23,18 @@ from imagefactory.release_docs import DOCS_REPO, drift, generate, write
 from imagefactory.release_errors import ReleaseError
 from imagefactory.release_registry import Registry, RepoRef
 
-MATRIX = Path("matrix.yaml")
 
 
-def _targets(matrix_path: Path):
-    from imagefactory.expand import all_targets  # noqa: PLC0415 - planning, loaded only when needed
-    from imagefactory.matrix import load_matrix  # noqa: PLC0415
+def _matrix(args: argparse.Namespace):
+    from imagefactory.cli import matrix_from_args  # noqa: PLC0415 - the main CLI imports this module
 
-    return all_targets(load_matrix(matrix_path))
+    return matrix_from_args(args)
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    files = generate(_targets(args.matrix), repo=args.repo, docs_dir=args.docs_dir)
+    from imagefactory.expand import all_targets  # noqa: PLC0415
+
+    files = generate(all_targets(_matrix(args)), repo=args.repo, docs_dir=args.docs_dir)
     if args.check:
         problems = drift(files, args.docs_dir)
         for problem in problems:
@@ -50,10 +51,11 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 def cmd_push(args: argparse.Namespace) -> int:
     from imagefactory.expand import resolve_target  # noqa: PLC0415
-    from imagefactory.matrix import load_matrix  # noqa: PLC0415
     from imagefactory.release_docker import CliDocker  # noqa: PLC0415 - execution layer
 
-    target = resolve_target(load_matrix(args.matrix), args.target)
+    if not args.registry:
+        raise ReleaseError("push needs --registry HOST[:PORT]/NAME (or $IMAGEFACTORY_REGISTRY)")
+    target = resolve_target(_matrix(args), args.target)
     repo = RepoRef.parse(args.registry)
     tags = release_tags(target.id, target.torch.version, args.release or default_release())
     report = GateReport.read(args.reports_dir / target.id / "gate.json")
@@ -74,14 +76,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m imagefactory.release_cli", description="publish gated images; generate user docs")
-    top.add_argument("--matrix", type=Path, default=MATRIX, help="matrix file (default: matrix.yaml)")
-    sub = top.add_subparsers(dest="command", required=True)
-
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add push / docs / summary to `python -m imagefactory` (imagefactory.cli calls this)."""
     push = sub.add_parser("push", help="push a gated image: immutable tag, then floating tags")
     push.add_argument("target", help="target id, e.g. hopper-cu130")
-    push.add_argument("--registry", required=True, help="HOST[:PORT]/NAME, e.g. ghcr.io/org/imagefactory")
+    push.add_argument("--registry", default=os.environ.get("IMAGEFACTORY_REGISTRY"),
+                      help="HOST[:PORT]/NAME, e.g. ghcr.io/org/imagefactory (default: $IMAGEFACTORY_REGISTRY)")
     push.add_argument("--release", help="release version in the immutable tag (default: UTC date YYYYMMDD)")
     push.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, help="where gate reports are (default: reports)")
     push.set_defaults(func=cmd_push)
@@ -95,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="markdown table of reports/*/release.json")
     summary.add_argument("records", nargs="*", help="release.json files")
     summary.set_defaults(func=cmd_summary)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m imagefactory.release_cli", description="publish gated images; generate user docs")
+    top.add_argument("--matrix", type=Path, help="matrix file (default: $IMAGEFACTORY_MATRIX or ./matrix.yaml)")
+    register(top.add_subparsers(dest="command", required=True))
     return top
 
 

@@ -80,8 +80,8 @@ def supported_tags_markdown(rows: Sequence[SupportedTag], repo: str) -> str:
     lines = [
         "# Supported tags",
         "",
-        "<!-- Generated from matrix.yaml by `python -m imagefactory.release_cli docs`; do not edit by hand.",
-        "     CI runs `python -m imagefactory.release_cli docs --check`. -->",
+        "<!-- Generated from matrix.yaml by `python -m imagefactory docs`; do not edit by hand.",
+        "     CI runs `python -m imagefactory docs --check`. -->",
         "",
         f"Images live in `{repo}`. Each target has two floating tags that move to the newest gated",
         f"release, and one immutable tag per release (`{RELEASE_PLACEHOLDER}` is the release version, e.g. the",
@@ -180,7 +180,7 @@ def lambda_cloud_init(row: SupportedTag, repo: str) -> str:
     return "\n".join([
         "#cloud-config",
         f"# imagefactory {row.target_id}: {row.toolkit}, torch {row.torch}; needs {floor}.",
-        "# Generated from matrix.yaml by `python -m imagefactory.release_cli docs`; do not edit by hand.",
+        "# Generated from matrix.yaml by `python -m imagefactory docs`; do not edit by hand.",
         "# Pulls the image, runs the probe on the GPU (log: /var/log/imagefactory-probe.log), then starts a",
         "# long-lived `trainer` container with /home/ubuntu/workspace mounted at /workspace.",
         "write_files:",
