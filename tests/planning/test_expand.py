@@ -1,0 +1,125 @@
+"""Expansion: defaults, ids, the CI target exactly as decided, selection and resolution errors."""
+
+from __future__ import annotations
+
+import pytest
+from packaging.version import Version
+
+from imagefactory import immutable_tag, resolve_target, select_targets
+from imagefactory.errors import RefusedTargetError, UnknownTargetError
+from imagefactory.expand import ID_RE, expand, expand_braces
+from imagefactory.model import Matrix
+from imagefactory.rules import check, Candidate
+
+
+def test_hopper_cu130_is_exactly_the_ci_target(matrix: Matrix) -> None:
+    t = resolve_target(matrix, "hopper-cu130")
+    assert (t.flavor, t.torch.version, t.torch.index_url, t.python) == ("slim", "2.14.1", None, "3.11")
+    assert t.triton_version.startswith("3.8.") and t.triton_package == "triton"
+    assert (t.sms, t.sm_codes, t.cuda_arch_list, t.gfx) == (("9.0",), ("90",), "9.0", ())
+    assert (t.toolkit.id, t.toolkit.kind, t.toolkit.version, t.toolkit.driver_floor) == ("cu130", "cuda", "13.0", "580")
+    assert (t.base.build, t.base.runtime) == ("imagefactory/base:bookworm-build", "imagefactory/base:bookworm")
+    assert t.nvcc == "pypi" and any(p.startswith("cuda-toolkit[nvcc") for p in t.nvcc_packages)
+    bnb = t.bitsandbytes
+    assert (bnb.version, bnb.mode, bnb.fallback) == ("0.50.2", "source", "wheel")
+    assert (bnb.git_url, bnb.git_ref) == ("https://github.com/bitsandbytes-foundation/bitsandbytes", "0.50.2")
+    names = {r.split("==")[0] for r in t.payload_requirements}
+    assert names == {"peft", "transformers", "accelerate", "trl"}
+    assert t.tags == ("hopper-cu130", "hopper-cu130-latest") and t.image_repo == "imagefactory"
+    assert immutable_tag(t, "2026.11.0") == "hopper-cu130-torch2.14.1-2026.11.0"
+    assert t.expect_env["PROBE_EXPECT_SM"] == "9.0" and t.expect_env["PROBE_EXPECT_CUDA"] == "13.0"
+    assert t.expect_env["PROBE_EXPECT_TORCH"] == "2.14.1" and t.expect_env["PROBE_EXPECT_WARM_CACHE"] == "1"
+    assert t.labels["io.imagefactory.target"] == "hopper-cu130" and t.is_default
+
+
+@pytest.mark.parametrize("target_id", ["ampere-cu121", "hopper-cu130", "blackwell-cu128", "cdna3-rocm6.2"])
+def test_issue_examples_exist(matrix: Matrix, target_id: str) -> None:
+    assert resolve_target(matrix, target_id).id == target_id
+
+
+def test_default_torch_is_the_newest_compatible(matrix: Matrix) -> None:
+    for t in expand(matrix).targets:
+        if not t.is_default:
+            continue
+        newer = [v for v, tb in matrix.torches.items()
+                 if t.toolkit.id in tb.toolkits and Version(v) > Version(t.torch.version)]
+        for version in newer:  # every newer torch for this cell must be refused by some rule
+            assert all(check(matrix, Candidate(t.arch, t.toolkit, matrix.torches[version], matrix.flavors[f], None))
+                       for f in t.toolkit.flavors), (t.id, version)
+
+
+def test_cuda12_cells_default_to_the_nvidia_flavor(matrix: Matrix) -> None:
+    # slim has no nvcc for CUDA 12.x and bitsandbytes is built from source: rule slim-nvcc decides
+    for t in expand(matrix).targets:
+        if t.toolkit.kind == "cuda" and t.is_default:
+            assert t.flavor == ("slim" if t.toolkit.version.startswith("13.") else "nvidia"), t.id
+        if t.toolkit.kind == "rocm":
+            assert t.flavor == "rocm" and t.nvcc == "hipcc" and t.gfx and not t.sms
+
+
+def test_suffix_ids_and_their_meaning(matrix: Matrix) -> None:
+    t = resolve_target(matrix, "hopper-cu128-torch2.7")
+    assert t.torch.version == "2.7.1" and not t.is_default
+    t = resolve_target(matrix, "hopper-cu130-nvidia")
+    assert t.flavor == "nvidia" and t.nvcc == "base" and t.base.build.startswith("nvidia/cuda:13.0")
+    for t in expand(matrix).targets:
+        assert ID_RE.match(t.id), t.id
+
+
+def test_ids_are_unique_and_sorted(matrix: Matrix) -> None:
+    ids = [t.id for t in expand(matrix).targets]
+    assert ids == sorted(set(ids))
+
+
+def test_turing_trains_in_fp16(matrix: Matrix) -> None:
+    assert resolve_target(matrix, "turing-cu126").train_dtype == "fp16"
+    assert resolve_target(matrix, "ampere-cu126").train_dtype == "bf16"
+
+
+def test_why_not_lists_refused_cells_with_rules(matrix: Matrix) -> None:
+    refused = {c.id: c for c in expand(matrix).refused}
+    assert refused["volta-cu130"].refusals[0].rule == "sm-dropped"
+    assert refused["blackwell-cu121"].refusals[0].rule == "sm-floor"
+    assert refused["cdna4-rocm6.2"].refusals[0].rule == "rocm-arch"
+    assert not set(refused) & {t.id for t in expand(matrix).targets}
+
+
+def test_unknown_target_lists_near_misses(matrix: Matrix) -> None:
+    with pytest.raises(UnknownTargetError) as info:
+        resolve_target(matrix, "hoper-cu130")
+    assert "did you mean: hopper-cu130" in info.value.message
+    assert info.value.exit_code == 2
+
+
+def test_refused_target_by_id_names_the_rule(matrix: Matrix) -> None:
+    with pytest.raises(RefusedTargetError) as info:
+        resolve_target(matrix, "volta-cu130")
+    assert "refused by rule sm-dropped" in info.value.message
+    with pytest.raises(RefusedTargetError, match="rule sm-floor"):
+        resolve_target(matrix, "blackwell-cu121")
+    with pytest.raises(RefusedTargetError, match="rule torch-toolkit"):
+        resolve_target(matrix, "hopper-cu128-torch2.14")
+    with pytest.raises(RefusedTargetError, match="rule vendor"):
+        resolve_target(matrix, "hopper-rocm6.2")
+
+
+def test_compatible_but_undeclared_cell(matrix: Matrix) -> None:
+    with pytest.raises(UnknownTargetError, match="compatible, but not a cell"):
+        resolve_target(matrix, "ampere-cu128-torch2.8")
+
+
+def test_brace_expansion() -> None:
+    assert expand_braces("hopper-{cu128,cu130}") == ["hopper-cu128", "hopper-cu130"]
+    assert expand_braces("{a,b}-{c,d}") == ["a-c", "a-d", "b-c", "b-d"]
+    assert expand_braces("plain") == ["plain"]
+
+
+def test_select(matrix: Matrix) -> None:
+    ids = [t.id for t in select_targets(matrix, "hopper-*")]
+    assert "hopper-cu130" in ids and all(i.startswith("hopper-") for i in ids)
+    assert [t.id for t in select_targets(matrix, "{hopper,blackwell}-cu13?")] == ["blackwell-cu130", "hopper-cu130"]
+    assert len(select_targets(matrix, "*")) == len(expand(matrix).targets)
+    with pytest.raises(UnknownTargetError, match="no target matches 'hopper-cu999\\*'"):
+        select_targets(matrix, "hopper-cu999*")
+    with pytest.raises(RefusedTargetError):
+        select_targets(matrix, "volta-cu130")
