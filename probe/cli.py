@@ -1,0 +1,151 @@
+"""`python -m probe [report options]`, `python -m probe smoke`, `python -m probe warm` (exit 0 ok, 1 failed, 2 usage)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from probe import decide, expect, report
+from probe.results import failed, one_line
+
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m probe", description="Detect the GPU stack, decide settings, verify it. "
+                "Subcommands: `smoke` (training suite), `warm` (Triton cache).")
+    p.add_argument("--json", action="store_true", help="print the versioned JSON document instead of the report")
+    p.add_argument("--expect", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"declared identity to assert ({', '.join(expect.KEYS)}); also PROBE_EXPECT_<KEY>")
+    p.add_argument("--require-gpu", action="store_true", help="no GPU is a failure rather than a skip")
+    p.add_argument("--model-size", metavar="SIZE", help="memory plan for a model of this size (8b, 500m, 7e9)")
+    return p
+
+
+def _smoke_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m probe smoke", description="Train a tiny random Llama QLoRA-style and check it learns.")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--steps", type=int, help="training steps (default 30 on a GPU, 15 on the CPU; at least 5)")
+    return p
+
+
+def _warm_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m probe warm", description="Compile the project's Triton kernels and launchers for "
+                "the given SMs into TRITON_CACHE_DIR, with no GPU.")
+    p.add_argument("--sm", required=True, help="SM list: 90 or 9.0 or 90,89")
+    p.add_argument("--cache-dir", help="cache directory (default: $TRITON_CACHE_DIR, else ~/.triton/cache)")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def parse_sms(text: str) -> list[int]:
+    sms = []
+    for part in text.split(","):
+        part = part.strip().lower().removeprefix("sm_").removeprefix("sm")
+        value = part.replace(".", "")
+        if not value.isdigit() or not 50 <= int(value) <= 199:
+            raise expect.UsageError(f"--sm: not an SM: {part!r} (use 90, 9.0 or 90,89)")
+        sms.append(int(value))
+    return sms
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "smoke":
+            return _smoke(_smoke_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "warm":
+            return _warm(_warm_parser().parse_args(argv[1:]))
+        return _report(_report_parser().parse_args(argv))
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    except expect.UsageError as exc:
+        print(f"probe: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _report(args: argparse.Namespace) -> int:
+    expected = expect.parse(args.expect)
+    params = None
+    if args.model_size:
+        try:
+            params = decide.parse_model_size(args.model_size)
+        except ValueError as exc:
+            raise expect.UsageError(f"--model-size: {exc}") from None
+    from probe import detect, verify  # noqa: PLC0415
+
+    det = detect.detect()
+    decisions = decide.decide(decide.hardware_from(det), params).to_json()
+    checks = verify.run_all(det, expected, args.require_gpu) + expect.check(expected, det)
+    doc = report.document("report", checks, det, decisions, {"expected": expected})
+    if args.json:
+        print(report.dumps(doc))
+    else:
+        lines = report.render_detection(det) + report.render_decisions(decisions) + report.render_checks(checks)
+        print("\n".join(lines))
+    return doc["exit_code"]
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    if args.steps is not None and args.steps < 5:
+        raise expect.UsageError("--steps must be at least 5")
+    import warnings  # noqa: PLC0415
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation chatter, not results
+    from probe import smoke  # noqa: PLC0415
+
+    try:
+        checks, info = smoke.run(args.steps)
+    except Exception as exc:  # the suite failed somewhere unexpected: one line, exit 1
+        checks, info = [failed("smoke.crashed", one_line(exc))], {}
+    doc = report.document("smoke", checks, extra={"smoke": info})
+    if args.json:
+        print(report.dumps(doc))
+    else:
+        lines = [f"Smoke training on {info.get('device', '?')} ({info.get('dtype', '?')}, "
+                 f"{info.get('optimizer', '?')})"]
+        if "first_step_s" in info:
+            lines.append(f"  first step {info['first_step_s']:.3f} s, steady {info['steady_step_s'] * 1e3:.1f} ms, "
+                         f"{info['tokens_per_s']:,.0f} tokens/s, peak memory {info['peak_memory_mib']} MiB, "
+                         f"Triton compiles in first step: {info['first_step_triton_compiles']}")
+        print("\n".join(lines + report.render_checks(checks)))
+    return doc["exit_code"]
+
+
+def _warm(args: argparse.Namespace) -> int:
+    sms = parse_sms(args.sm)
+    from probe import warm  # noqa: PLC0415
+
+    root = warm.cache_dir(args.cache_dir)
+    try:
+        import triton  # noqa: F401, PLC0415
+    except Exception as exc:
+        print(f"probe warm: triton is not importable: {one_line(exc)}", file=sys.stderr)
+        return 1
+    reports = [warm.warm(sm, Path(root)) for sm in sms]
+    ok = all(r.error is None for r in reports)
+    if args.json:
+        print(report.dumps({"schema": "imagefactory.probe-warm/1", "ok": ok,
+                            "reports": [r.__dict__ | {"new_files": len(r.new_files)} for r in reports]}))
+    else:
+        for r in reports:
+            for k in r.kernels:
+                state = "cached" if k["cache_hit"] else "compiled"
+                print(f"sm_{r.sm}  {state:8}  kernel   {k['name']} ({k['dtype']}, {k['seconds']:.2f} s)")
+            for m in r.modules:
+                state = "built" if m["built"] else "cached"
+                print(f"sm_{r.sm}  {state:8}  module   {m['name']} ({m['seconds']:.2f} s)")
+            if r.error:
+                print(f"sm_{r.sm}  FAILED: {r.error}", file=sys.stderr)
+            print(f"sm_{r.sm}  {len(r.kernels)} kernels, {len(r.modules)} modules, {len(r.new_files)} new files "
+                  f"in {r.cache_dir} ({r.seconds:.1f} s)")
+    return 0 if ok else 1

@@ -1,0 +1,84 @@
+"""Declared identity (`--expect KEY=VALUE`, `PROBE_EXPECT_*`) asserted against what was detected."""
+
+from __future__ import annotations
+
+import os
+
+from probe.results import Check, Detection, failed, passed, skipped
+
+KEYS = ("target", "vendor", "sm", "cuda", "torch", "triton", "bitsandbytes", "python", "warm_cache")
+ENV_PREFIX = "PROBE_EXPECT_"
+
+
+class UsageError(ValueError):
+    """Bad command-line input: exit code 2."""
+
+
+def parse(pairs: list[str], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment first, then the command line (which wins)."""
+    environ = os.environ if environ is None else environ
+    expected = {}
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX) and value != "":
+            key = name[len(ENV_PREFIX):].lower()
+            if key not in KEYS:
+                raise UsageError(f"unknown expectation {name} (known: {', '.join(ENV_PREFIX + k.upper() for k in KEYS)})")
+            expected[key] = value
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if not sep or not value:
+            raise UsageError(f"--expect wants KEY=VALUE, got {pair!r}")
+        if key not in KEYS:
+            raise UsageError(f"unknown --expect key {key!r} (known: {', '.join(KEYS)})")
+        expected[key] = value.strip()
+    return expected
+
+
+def _version_matches(declared: str, found: str | None) -> bool:
+    """'2.14.1' matches '2.14.1+cu130'; '13.0' matches '13.0'; '3.11' matches '3.11.9'."""
+    if found is None:
+        return False
+    base = found.split("+")[0]
+    return base == declared or base.startswith(declared + ".") or found == declared
+
+
+def check(expected: dict[str, str], det: Detection) -> list[Check]:
+    out = []
+    for key, declared in expected.items():
+        name = f"expect.{key}"
+        if key == "target":
+            out.append(passed(name, f"declared target {declared}", declared=declared))
+        elif key == "warm_cache":
+            continue  # verified by the warm-cache check itself
+        elif key == "vendor":
+            torch_vendor = None
+            if det.torch is not None:
+                torch_vendor = "amd" if det.torch.hip else "nvidia" if det.torch.cuda else "none"
+            found = det.vendor if det.vendor != "none" else torch_vendor
+            out.append(_compare(name, declared.lower(), found, found == declared.lower(),
+                                "GPU vendor" if det.vendor != "none" else "torch build vendor (no GPU)"))
+        elif key == "sm":
+            wanted = {s.strip() for s in declared.split(",") if s.strip()}
+            caps = [g.capability for g in det.gpus if g.capability]
+            if not caps:
+                out.append(skipped(name, f"no NVIDIA GPU to compare with declared sm {declared}", declared=declared))
+                continue
+            bad = [c for c in caps if c not in wanted]
+            out.append(_compare(name, declared, ",".join(caps), not bad, "GPU compute capability"))
+        elif key == "cuda":
+            found = det.torch.cuda if det.torch else None
+            out.append(_compare(name, declared, found, _version_matches(declared, found), "torch's CUDA build"))
+        elif key == "python":
+            out.append(_compare(name, declared, det.python, _version_matches(declared, det.python), "Python"))
+        else:  # torch, triton, bitsandbytes: installed distribution versions
+            found = det.packages.get(key)
+            out.append(_compare(name, declared, found, _version_matches(declared, found), f"{key} version"))
+    return out
+
+
+def _compare(name: str, declared: str, found: str | None, ok: bool, what: str) -> Check:
+    if ok:
+        return passed(name, f"{what} {found} as declared", declared=declared, found=found)
+    return failed(name, f"{what} mismatch: declared {declared}, found {found or 'nothing'}",
+                  declared=declared, found=found)

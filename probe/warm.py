@@ -1,0 +1,274 @@
+"""Triton warm-up with no GPU and no driver, and the check that a cache is warm.
+
+How (see shared/DESIGN.md): a stand-in active driver reports the target SM; each project kernel is compiled
+with `warmup()` on CPU tensors of the real dtypes and alignment; the host-side modules (cuda_utils and one
+launcher per kernel signature) are built against a stub libcuda.so.1 that we compile with gcc into the cache
+itself, so a runtime image without gcc or a driver can load them again to check the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from probe.shapes import SMOKE, dtype_for_sm
+
+STUB_DIR = "imagefactory-stub"  # inside TRITON_CACHE_DIR, so the stub travels with the cache
+DEFAULT_CACHE = Path.home() / ".triton" / "cache"
+
+
+@dataclass
+class WarmReport:
+    sm: int
+    cache_dir: str
+    kernels: list[dict[str, Any]] = field(default_factory=list)  # name, dtype, cache_hit, seconds
+    modules: list[dict[str, Any]] = field(default_factory=list)  # launcher/utility modules built or found
+    new_files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def cache_dir(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get("TRITON_CACHE_DIR") or DEFAULT_CACHE)
+
+
+def snapshot(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def build_stub(root: Path) -> Path:
+    """An empty libcuda.so.1 (right SONAME) to link and load launcher modules where no driver exists."""
+    stub_dir = root / STUB_DIR
+    stub = stub_dir / "libcuda.so.1"
+    if stub.exists():
+        return stub_dir
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        raise RuntimeError("no C compiler to build the stub libcuda.so.1 (gcc needed at warm time)")
+    stub_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "stub.c"
+        src.write_text("void imagefactory_libcuda_stub(void) {}\n")
+        subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(stub), str(src)],
+                       check=True, capture_output=True)
+    return stub_dir
+
+
+@contextlib.contextmanager
+def stand_in_driver(sm: int, stub_dir: Path | None) -> Iterator[None]:
+    """Make triton believe an sm_XX GPU is active; host modules link and load against the stub."""
+    from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+    from triton.backends.nvidia import driver as nvidia  # noqa: PLC0415
+    from triton.runtime.driver import driver  # noqa: PLC0415
+
+    class StandInDriver:
+        launcher_cls = nvidia.CudaLauncher
+
+        def __init__(self) -> None:
+            self.target = GPUTarget("cuda", sm, 32)
+
+        def get_current_target(self):
+            return self.target
+
+        def get_current_device(self):
+            return 0
+
+        def set_current_device(self, device):
+            return None
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_device_capability(self, device=0):
+            return divmod(sm, 10)
+
+        def map_python_to_cpp_type(self, ty):
+            return nvidia.ty_to_cpp(ty)
+
+        @staticmethod
+        def is_active():
+            return False
+
+    old_env = os.environ.get("TRITON_LIBCUDA_PATH")
+    old_flags = sys.getdlopenflags()
+    if stub_dir is not None:
+        os.environ["TRITON_LIBCUDA_PATH"] = str(stub_dir)
+        nvidia.library_dirs.cache_clear()
+        # the stub satisfies the modules' NEEDED libcuda.so.1; lazy binding defers the cu* symbols it lacks
+        ctypes.CDLL(str(stub_dir / "libcuda.so.1"), mode=os.RTLD_GLOBAL)
+        sys.setdlopenflags(os.RTLD_LAZY | os.RTLD_GLOBAL)
+    previous_driver = getattr(driver, "_active", None)
+    _forget_compiled_kernels()
+    driver.set_active(StandInDriver())
+    try:
+        yield
+    finally:
+        # not reset_active(): that would build the default driver, which fails where no GPU is visible
+        if hasattr(driver, "_active"):
+            driver._active = previous_driver
+        _forget_compiled_kernels()
+        sys.setdlopenflags(old_flags)
+        if old_env is None:
+            os.environ.pop("TRITON_LIBCUDA_PATH", None)
+        else:
+            os.environ["TRITON_LIBCUDA_PATH"] = old_env
+        nvidia.library_dirs.cache_clear()
+
+
+def _forget_compiled_kernels() -> None:
+    """Triton keeps compiled kernels per device index in memory; another target on 'device 0' must not reuse them."""
+    from probe.kernels import project_kernels  # noqa: PLC0415
+
+    for kernel in project_kernels().values():
+        caches = getattr(kernel, "device_caches", None)
+        if caches is not None:
+            caches.clear()
+
+
+@contextlib.contextmanager
+def compile_events() -> Iterator[list[dict[str, Any]]]:
+    """Every Triton compile or cache lookup in the block, when this triton has the listener knob."""
+    events: list[dict[str, Any]] = []
+    try:
+        from triton import knobs  # noqa: PLC0415
+
+        compilation = knobs.compilation
+        previous = compilation.listener
+    except (ImportError, AttributeError):
+        yield events
+        return
+
+    def listener(*, src, metadata, metadata_group, times, cache_hit, **_):
+        events.append({"name": metadata.get("name"), "cache_hit": bool(cache_hit)})
+
+    compilation.listener = listener
+    try:
+        yield events
+    finally:
+        compilation.listener = previous
+
+
+def kernel_launches(dtype_name: str, device: str) -> list[tuple[str, Any, tuple, dict[str, int]]]:
+    """Each project kernel with arguments of the smoke run's dtypes and shapes (rows cut to 4)."""
+    import torch  # noqa: PLC0415
+
+    from probe import kernels as k  # noqa: PLC0415
+
+    dt = getattr(torch, dtype_name)
+    f32 = torch.float32
+    rows, h, inter, v = 4, SMOKE.hidden, SMOKE.intermediate, SMOKE.vocab
+
+    def t(*shape, dtype=dt):
+        return torch.zeros(*shape, dtype=dtype, device=device)
+
+    rms = k.rmsnorm_config(h)
+    ce = k.cross_entropy_config(v)
+    labels = torch.zeros(rows, dtype=torch.int64, device=device)
+    return [
+        ("rmsnorm_fwd", k._rmsnorm_fwd, (t(rows, h), t(h), t(rows, h), t(rows, dtype=f32), h, h, SMOKE.rms_eps), rms),
+        ("rmsnorm_bwd", k._rmsnorm_bwd, (t(rows, h), t(rows, h), t(h), t(rows, dtype=f32), t(rows, h),
+                                         t(1, rms["BLOCK"], dtype=f32), h, rows, h, rows), rms),
+        ("swiglu_fwd", k._swiglu_fwd, (t(rows, inter), t(rows, inter), t(rows, inter), rows * inter),
+         k.swiglu_config()),
+        ("swiglu_bwd", k._swiglu_bwd, (t(rows, inter), t(rows, inter), t(rows, inter), t(rows, inter),
+                                       t(rows, inter), rows * inter), k.swiglu_config()),
+        ("cross_entropy_fwd", k._cross_entropy_fwd, (t(rows, v), labels, t(rows, dtype=f32), t(rows, dtype=f32),
+                                                     v, v), ce),
+        ("cross_entropy_bwd", k._cross_entropy_bwd, (t(rows, v), labels, t(rows, dtype=f32), t(1, dtype=f32),
+                                                     t(rows, v), v, v), ce),
+    ]
+
+
+def warm(sm: int, root: Path, *, build_modules: bool = True) -> WarmReport:
+    """Compile every project kernel (and its launcher) for sm into root; report what was compiled or found."""
+    report = WarmReport(sm=sm, cache_dir=str(root))
+    started = time.perf_counter()
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["TRITON_CACHE_DIR"] = str(root)
+    _point_triton_at(root)
+    before = snapshot(root)
+    try:
+        stub_dir = build_stub(root) if build_modules else None
+        before = snapshot(root)
+        from triton.backends.nvidia import driver as nvidia  # noqa: PLC0415
+
+        dtype_name = dtype_for_sm(sm)
+        with stand_in_driver(sm, stub_dir), compile_events() as events:
+            compiled = []
+            for name, kernel, args, config in kernel_launches(dtype_name, "cpu"):
+                t0 = time.perf_counter()
+                n_before = len(events)
+                ck = kernel.warmup(*args, grid=(1,), **config)
+                hit = events[n_before]["cache_hit"] if len(events) > n_before else None
+                report.kernels.append({"name": name, "dtype": dtype_name, "cache_hit": hit,
+                                       "seconds": round(time.perf_counter() - t0, 3)})
+                compiled.append((name, ck))
+            if build_modules:
+                t0 = time.perf_counter()
+                files = snapshot(root)
+                nvidia.CudaUtils()
+                report.modules.append({"name": "cuda_utils", "built": len(snapshot(root) - files) > 0,
+                                       "seconds": round(time.perf_counter() - t0, 3)})
+                for name, ck in compiled:
+                    t0 = time.perf_counter()
+                    files = snapshot(root)
+                    nvidia.CudaLauncher(ck.src, ck.metadata)
+                    report.modules.append({"name": f"launcher:{name}", "built": len(snapshot(root) - files) > 0,
+                                           "seconds": round(time.perf_counter() - t0, 3)})
+    except Exception as exc:  # reported as one line by the caller
+        from probe.results import one_line  # noqa: PLC0415
+
+        report.error = one_line(exc)
+    report.new_files = sorted(snapshot(root) - before)
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _point_triton_at(root: Path) -> None:
+    """TRITON_CACHE_DIR is read when triton first builds a cache manager; set the knob too if already imported."""
+    try:
+        from triton import knobs  # noqa: PLC0415
+
+        knobs.cache.dir = str(root)
+    except (ImportError, AttributeError):
+        pass
+
+
+def verify_warm_cache(sm: int, root: Path) -> WarmReport:
+    """Replay the warm-up against a copy of the cache: every kernel and module must be found, nothing written."""
+    if not (root / STUB_DIR / "libcuda.so.1").exists():
+        report = WarmReport(sm=sm, cache_dir=str(root))
+        report.error = f"{root} holds no {STUB_DIR}/libcuda.so.1: it was not warmed by `python -m probe warm`"
+        return report
+    with tempfile.TemporaryDirectory(prefix="probe-cache-") as tmp:
+        copy = Path(tmp) / "cache"
+        shutil.copytree(root, copy)
+        previous = os.environ.get("TRITON_CACHE_DIR")
+        try:
+            report = warm(sm, copy)
+        finally:
+            os.environ["TRITON_CACHE_DIR"] = previous or str(root)
+            _point_triton_at(Path(previous or root))
+        report.cache_dir = str(root)
+    return report
+
+
+def gpu_launch_all(dtype_name: str, root: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Launch every project kernel once on the GPU: the compile events and the files it wrote in the cache."""
+    import torch  # noqa: PLC0415
+
+    before = snapshot(root)
+    with compile_events() as events:
+        for _name, kernel, args, config in kernel_launches(dtype_name, "cuda"):
+            kernel[(1,)](*args, **config)
+        torch.cuda.synchronize()
+    return list(events), sorted(snapshot(root) - before)
