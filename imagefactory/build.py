@@ -1,0 +1,308 @@
+"""Build targets end to end: base images, render, bitsandbytes source, BuildKit build, gate, tag.
+
+One target: render its Dockerfile (into .build/<id>/, never over the committed one), make sure its
+base images exist (bootstrapping the slim bases), decide where bitsandbytes comes from, build by
+image ID, then gate (imagefactory.gate), which tags only on a pass. Many targets: the same, one
+after another, past failures, with progress and a summary table at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+from rich.console import Console
+from rich.table import Table
+
+from . import bootstrap as _bootstrap
+from .docker import DockerClient, build, image_exists, image_size
+from .errors import BuildFailedError, ImageFactoryError
+from .gate import REPORTS_DIR, GateResult, gate_image
+from .model import Target
+from .render import REPO_ROOT, render_target
+from .run import echo, run
+
+BnbSource = Literal["git", "local", "wheel"]
+
+BUILD_DIR = Path(".build")  # gitignored scratch inside the build context
+BNB_STAGE = BUILD_DIR / "bnb-src"  # where a local bitsandbytes tree is staged (.dockerignore lets it in)
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+IMAGE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+GIT_TIMEOUT_S = 20
+
+
+@dataclass(frozen=True)
+class BnbChoice:
+    source: BnbSource
+    version: str  # what the image will say it holds (the tree's own version for a local tree)
+    note: str  # one line for the log: where bitsandbytes comes from and why
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    release: str
+    bnb_source: Path | None = None  # a local bitsandbytes tree (offline / air-gapped builds)
+    gate: bool = True
+    require_gpu: bool = False
+    ca_bundle: Path | None = None  # None: the host's bundle when it differs from the image's
+    show_output: bool = True  # stream BuildKit output (single target); else log only + progress
+    root: Path = REPO_ROOT  # build context: the repository root
+    reports_dir: Path = REPORTS_DIR
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    target: str
+    ok: bool
+    stage: str  # how far it got: base, render, build, gate, done
+    duration_s: float
+    image_id: str | None = None
+    size_bytes: int | None = None
+    bnb_source: str | None = None
+    reason: str = ""
+    tags: tuple[str, ...] = ()
+
+
+# ---- pure decisions (unit-tested) --------------------------------------------------------------
+
+_VERSION_RES = (
+    (Path("bitsandbytes/__init__.py"), re.compile(r"""^__version__\s*=\s*["']([^"']+)["']""", re.M)),
+    (Path("setup.py"), re.compile(r"""["']version["']\s*:\s*["']([^"']+)["']""")),
+)
+
+
+def local_tree_version(tree: Path) -> str:
+    """The version a bitsandbytes source tree declares (bitsandbytes/__init__.py, else setup.py)."""
+    for rel, pattern in _VERSION_RES:
+        try:
+            found = pattern.search((tree / rel).read_text(encoding="utf-8"))
+        except OSError:
+            continue
+        if found:
+            return found.group(1)
+    raise BuildFailedError(f"{tree}: not a bitsandbytes source tree (no version in bitsandbytes/__init__.py or setup.py)")
+
+
+def choose_bnb(target: Target, local_tree: Path | None, git_reachable: Callable[[], bool]) -> BnbChoice:
+    """Where this build's bitsandbytes comes from: a local tree when given; the matrix's mode
+    otherwise; its declared fallback (the wheel) when the upstream repository cannot be reached."""
+    bnb = target.bitsandbytes
+    if local_tree is not None:
+        if target.nvcc == "none":
+            raise BuildFailedError(f"{target.id}: --bnb-source given, but the {target.flavor} flavor has no compiler for {target.toolkit.id}")
+        version = local_tree_version(local_tree)
+        differs = "" if version == bnb.version else f" (matrix pins {bnb.version})"
+        return BnbChoice("local", version, f"bitsandbytes {version} compiled from the local tree {local_tree}{differs}")
+    if bnb.mode == "wheel" or target.nvcc == "none":
+        return BnbChoice("wheel", bnb.version, f"bitsandbytes {bnb.version}: the PyPI wheel (declared mode), one library kept")
+    if git_reachable():
+        return BnbChoice("git", bnb.version, f"bitsandbytes {bnb.version} compiled from {bnb.git_url} at {bnb.git_ref}")
+    if bnb.fallback == "wheel":
+        return BnbChoice(
+            "wheel", bnb.version,
+            f"bitsandbytes source unreachable ({bnb.git_url}, no --bnb-source): using the declared fallback, "
+            f"the PyPI wheel {bnb.version} (one library kept)",
+        )
+    raise BuildFailedError(f"{target.id}: cannot reach {bnb.git_url} and the matrix declares no fallback; pass --bnb-source PATH")
+
+
+def build_args(target: Target, choice: BnbChoice, revision: str, created: str) -> dict[str, str]:
+    return {"BNB_SOURCE": choice.source, "BNB_VERSION": choice.version, "SOURCE_REVISION": revision, "BUILD_DATE": created}
+
+
+def pem_blocks(data: bytes) -> set[bytes]:
+    return set(re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", data, re.S))
+
+
+def extra_certificates(host_bundle: bytes, image_bundle: bytes | None) -> set[bytes]:
+    """Certificates the host trusts that the image does not (e.g. a TLS-intercepting proxy's CA)."""
+    return pem_blocks(host_bundle) - pem_blocks(image_bundle or b"")
+
+
+# ---- side effects -------------------------------------------------------------------------------
+
+
+def git_reachable(url: str, ref: str, ca_bundle: Path | None) -> bool:
+    if shutil.which("git") is None:
+        return False
+    env = {"GIT_TERMINAL_PROMPT": "0", **({"GIT_SSL_CAINFO": str(ca_bundle)} if ca_bundle else {})}
+    done = run(["git", "ls-remote", "--exit-code", url, f"refs/tags/{ref}"], env=env, capture=True, check=False, timeout=GIT_TIMEOUT_S)
+    return done.ok
+
+
+def stage_bnb_tree(root: Path, tree: Path | None) -> None:
+    """Put the local tree where the Dockerfile's COPY finds it, or empty that place (a stale tree
+    would change the build context and invalidate the bitsandbytes stage)."""
+    stage = root / BNB_STAGE
+    if stage.exists():
+        shutil.rmtree(stage)
+    if tree is not None:
+        if not tree.is_dir():
+            raise BuildFailedError(f"--bnb-source {tree}: not a directory")
+        ignore = shutil.ignore_patterns(".git", "build", "build-cpu", "__pycache__", "libbitsandbytes*", "*.egg-info", "dist")
+        shutil.copytree(tree, stage, ignore=ignore, symlinks=True)
+
+
+def source_revision(root: Path) -> str:
+    head = run(["git", "-C", str(root), "rev-parse", "HEAD"], capture=True, check=False, quiet_echo=True)
+    if not head.ok:
+        return "unknown"
+    dirty = run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture=True, check=False, quiet_echo=True)
+    return head.stdout.strip() + ("-dirty" if dirty.ok and dirty.stdout.strip() else "")
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def image_ca_bundle(client: DockerClient, image: str) -> bytes | None:
+    done = run(client.argv("run", "--rm", "--network", "none", "--entrypoint", "cat", image, IMAGE_CA_BUNDLE),
+               capture=True, check=False, quiet_echo=True)
+    return done.stdout.encode() if done.ok else None
+
+
+def choose_ca_bundle(client: DockerClient, target: Target, explicit: Path | None) -> Path | None:
+    """The bundle passed as the `ca` secret: --ca-bundle, else the host's when it trusts certificates
+    the build base does not (a TLS-intercepting proxy); never written into a layer."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise BuildFailedError(f"--ca-bundle {explicit}: no such file")
+        return explicit
+    if not HOST_CA_BUNDLE.is_file():
+        return None
+    if not image_exists(client, target.base.build):
+        return HOST_CA_BUNDLE  # cannot compare without pulling: pass it, it is harmless
+    return HOST_CA_BUNDLE if extra_certificates(HOST_CA_BUNDLE.read_bytes(), image_ca_bundle(client, target.base.build)) else None
+
+
+def ensure_bases(client: DockerClient, target: Target) -> None:
+    """Bootstrap missing slim bases; vendor bases are pulled by the build (a registry is needed)."""
+    missing = [ref for ref in (target.base.build, target.base.runtime) if not image_exists(client, ref)]
+    local = tuple(ref for ref in missing if _bootstrap.spec_for(ref) is not None)
+    if local:
+        echo(f"{target.id}: base image(s) {', '.join(local)} missing: bootstrapping from Debian's mirror")
+        _bootstrap.bootstrap(client, local)
+
+
+def build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> BuildResult:
+    start = time.monotonic()
+    result = BuildResult(target.id, ok=False, stage="base", duration_s=0.0)
+    out_dir = opts.reports_dir / target.id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = out_dir / "build.log"
+    log.write_text("")
+    try:
+        ensure_bases(client, target)
+        result = replace(result, stage="render")
+        work = opts.root / BUILD_DIR / target.id
+        work.mkdir(parents=True, exist_ok=True)
+        dockerfile = work / "Dockerfile"
+        dockerfile.write_text(render_target(target))
+        ca_bundle = choose_ca_bundle(client, target, opts.ca_bundle)
+        choice = choose_bnb(target, opts.bnb_source,
+                            lambda: git_reachable(target.bitsandbytes.git_url, target.bitsandbytes.git_ref, ca_bundle))
+        echo(f"{target.id}: {choice.note}")
+        stage_bnb_tree(opts.root, opts.bnb_source if choice.source == "local" else None)
+        result = replace(result, stage="build", bnb_source=choice.source)
+        iidfile = work / "iid"
+        iidfile.unlink(missing_ok=True)
+        done = build(
+            client, context=opts.root, dockerfile=dockerfile, iidfile=iidfile,
+            build_args=build_args(target, choice, source_revision(opts.root), utc_now()),
+            secrets={"ca": ca_bundle} if ca_bundle else {}, log=log, show=opts.show_output, on_line=on_line,
+        )
+        if not done.ok or not iidfile.exists():
+            raise BuildFailedError(f"{target.id}: docker build failed: {_build_error(done.tail)} (log: {log})")
+        image_id = iidfile.read_text().strip()
+        result = replace(result, stage="gate" if opts.gate else "done", image_id=image_id, size_bytes=image_size(client, image_id))
+        _write_record(out_dir, result, start)
+        if opts.gate:
+            gated = gate_image(client, target, image_id, release=opts.release, require_gpu=opts.require_gpu, reports_dir=opts.reports_dir)
+            if not gated.passed:
+                return _finish(out_dir, replace(result, reason=_gate_reason(gated)), start)
+            result = replace(result, stage="done", tags=gated.tags)
+        return _finish(out_dir, replace(result, ok=True), start)
+    except ImageFactoryError as error:
+        return _finish(out_dir, replace(result, reason=error.message), start)
+
+
+def _build_error(tail: Sequence[str]) -> str:
+    """The line of BuildKit's output that says what went wrong."""
+    for line in reversed(tail):
+        text = line.strip()
+        if text.startswith(("ERROR:", "error:", "failed to solve", "executor failed")) or "ERROR" in text[:12]:
+            return text[:300]
+    return (tail[-1].strip()[:300] if tail else "no output")
+
+
+def _gate_reason(gated: GateResult) -> str:
+    first = gated.failing[0] if gated.failing else "no step ran"
+    more = f" (+{len(gated.failing) - 1} more)" if len(gated.failing) > 1 else ""
+    return f"gate failed ({gated.mode} mode): {first}{more}"
+
+
+def _write_record(out_dir: Path, result: BuildResult, start: float) -> None:
+    data = asdict(replace(result, duration_s=round(time.monotonic() - start, 1)))
+    (out_dir / "build.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _finish(out_dir: Path, result: BuildResult, start: float) -> BuildResult:
+    result = replace(result, duration_s=round(time.monotonic() - start, 1))
+    (out_dir / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+def last_built_image(target_id: str, reports_dir: Path = REPORTS_DIR) -> str | None:
+    """The image ID the last build of this target produced (reports/<target>/build.json)."""
+    try:
+        return json.loads((reports_dir / target_id / "build.json").read_text()).get("image_id")
+    except (OSError, ValueError):
+        return None
+
+
+# ---- many targets ---------------------------------------------------------------------------------
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+
+
+def summary_table(results: Sequence[BuildResult]) -> Table:
+    table = Table(title="imagefactory build", title_justify="left")
+    for column in ("target", "result", "duration", "image size", "reason"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        verdict = "[green]passed[/]" if r.ok else f"[red]failed[/] ({r.stage})"
+        table.add_row(r.target, verdict, f"{r.duration_s:.0f} s", human_size(r.size_bytes), r.reason or ", ".join(r.tags))
+    return table
+
+
+def build_many(client: DockerClient, targets: Sequence[Target], opts: BuildOptions, console: Console | None = None) -> list[BuildResult]:
+    """Build (and gate) each target in turn, past failures; print a summary table at the end."""
+    console = console or Console(stderr=True, highlight=False)
+    results: list[BuildResult] = []
+    for index, target in enumerate(targets, 1):
+        header = f"[{index}/{len(targets)}] {target.id}"
+        console.rule(header)
+        if opts.show_output:
+            result = build_one(client, target, opts)
+        else:
+            with console.status(f"{header}: starting") as status:
+                def step(line: str, status=status, header=header) -> None:
+                    if line.startswith("#") and "[" in line and "]" in line:
+                        status.update(f"{header}: {line.split(']', 1)[0].split('[', 1)[1]}{line.split(']', 1)[1][:60]}")
+                result = build_one(client, target, opts, on_line=step)
+        results.append(result)
+        verdict = "[green]passed[/]" if result.ok else f"[red]failed[/]: {result.reason}"
+        console.print(f"{header}: {verdict} in {result.duration_s:.0f} s")
+    console.print(summary_table(results))
+    return results

@@ -1,0 +1,228 @@
+"""Docker, through one client: detection of a BuildKit-capable client, build, run, tag, inspect, save.
+
+Builds need BuildKit (cache and secret mounts). `docker buildx build` is used where buildx exists,
+else the classic client with DOCKER_BUILDKIT=1 where that client accepts it (Debian's docker.io 20.10
+does; some newer clients without buildx refuse it). Capability is detected, not assumed: each
+candidate client is asked, and the first one able to build with BuildKit wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .errors import DockerUnavailableError
+from .run import CommandError, Completed, run
+
+BuildMode = Literal["buildx", "classic"]
+
+# RUN --mount (cache, secret, bind from a stage) needs a daemon whose built-in BuildKit frontend
+# knows them: Docker 19.03 or later.
+MIN_SERVER = (19, 3)
+DOCKER_ENV = "IMAGEFACTORY_DOCKER"
+INSTALL_HINT = "install Debian's docker.io (apt-get install docker.io) or Docker with the buildx plugin"
+
+
+class DockerSetupError(DockerUnavailableError):
+    """No daemon, no BuildKit-capable client, or a daemon too old: nothing can be built (exit 2)."""
+
+    exit_code = 2
+
+
+class DockerCommandError(DockerUnavailableError):
+    """A Docker command failed (not a build or a gate: those have their own errors)."""
+
+
+@dataclass(frozen=True)
+class DockerClient:
+    executable: str
+    mode: BuildMode
+    server_version: str
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.executable, *args]
+
+    @property
+    def build_env(self) -> dict[str, str]:
+        return {"DOCKER_BUILDKIT": "1"} if self.mode == "classic" else {}
+
+    def build_argv(self) -> list[str]:
+        return self.argv("buildx", "build", "--load") if self.mode == "buildx" else self.argv("build")
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """`20.10.24+dfsg1` -> (20, 10); anything unparsable -> (0, 0)."""
+    parts = text.strip().lstrip("v").split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def candidate_clients(explicit: str | None = None) -> list[str]:
+    """The client named (--docker or $IMAGEFACTORY_DOCKER), else every `docker` on PATH in order."""
+    chosen = explicit or os.environ.get(DOCKER_ENV)
+    if chosen:
+        return [chosen]
+    found: list[str] = []
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        path = shutil.which("docker", path=directory)
+        if path and os.path.realpath(path) not in {os.path.realpath(p) for p in found}:
+            found.append(path)
+    return found
+
+
+def build_mode(executable: str) -> BuildMode | None:
+    """How this client builds with BuildKit, or None when it cannot."""
+    if run([executable, "buildx", "version"], capture=True, check=False, quiet_echo=True).ok:
+        return "buildx"
+    probe = run([executable, "build", "--help"], env={"DOCKER_BUILDKIT": "1"}, capture=True, check=False, quiet_echo=True)
+    if probe.ok and "--secret" in probe.stdout:
+        return "classic"
+    return None
+
+
+def detect(explicit: str | None = None) -> DockerClient:
+    """The client to use, with a reachable daemon that is recent enough; else DockerSetupError."""
+    clients = candidate_clients(explicit)
+    if not clients:
+        raise DockerSetupError(f"no docker client found on PATH: {INSTALL_HINT}")
+    rejected: list[str] = []
+    for executable in clients:
+        try:
+            mode = build_mode(executable)
+        except CommandError as error:
+            rejected.append(f"{executable} ({error.message})")
+            continue
+        if mode is None:
+            rejected.append(f"{executable} (no buildx, refuses DOCKER_BUILDKIT=1)")
+            continue
+        version = run([executable, "version", "--format", "{{.Server.Version}}"], capture=True, check=False, quiet_echo=True)
+        if not version.ok:
+            reason = version.tail[-1] if version.tail else "no answer"
+            raise DockerSetupError(
+                f"no Docker daemon answers {executable} ({reason}): start dockerd "
+                "(e.g. `dockerd --bridge=none --iptables=false &`) or check DOCKER_HOST"
+            )
+        server = version.stdout.strip()
+        if parse_version(server) < MIN_SERVER:
+            raise DockerSetupError(
+                f"Docker daemon {server} is too old for BuildKit mounts (need {MIN_SERVER[0]}.{MIN_SERVER[1]:02d}+): {INSTALL_HINT}"
+            )
+        return DockerClient(executable, mode, server)
+    raise DockerSetupError(f"no BuildKit-capable docker client: {'; '.join(rejected)}; {INSTALL_HINT} or pass --docker PATH")
+
+
+# ---- operations -------------------------------------------------------------------------------
+
+
+def image_inspect(client: DockerClient, ref: str) -> dict | None:
+    """`docker image inspect` as a dict, or None when there is no such local image."""
+    done = run(client.argv("image", "inspect", ref), capture=True, check=False, quiet_echo=True)
+    if not done.ok:
+        return None
+    data = json.loads(done.stdout)
+    return data[0] if data else None
+
+
+def image_exists(client: DockerClient, ref: str) -> bool:
+    return image_inspect(client, ref) is not None
+
+
+def image_labels(client: DockerClient, ref: str) -> dict[str, str] | None:
+    info = image_inspect(client, ref)
+    if info is None:
+        return None
+    return dict((info.get("Config") or {}).get("Labels") or {})
+
+
+def image_size(client: DockerClient, ref: str) -> int | None:
+    info = image_inspect(client, ref)
+    return int(info["Size"]) if info and "Size" in info else None
+
+
+def build(
+    client: DockerClient,
+    *,
+    context: Path,
+    dockerfile: Path,
+    iidfile: Path,
+    build_args: Mapping[str, str],
+    secrets: Mapping[str, Path],
+    log: Path,
+    show: bool,
+    network: str = "host",
+    labels: Mapping[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> Completed:
+    """One BuildKit build; the image ID lands in `iidfile` (no tag: tags come after the gate)."""
+    argv = client.build_argv() + ["--network", network, "--progress", "plain", "--iidfile", str(iidfile), "-f", str(dockerfile)]
+    for key, value in build_args.items():
+        argv += ["--build-arg", f"{key}={value}"]
+    for key, path in secrets.items():
+        argv += ["--secret", f"id={key},src={path}"]
+    for key, value in (labels or {}).items():
+        argv += ["--label", f"{key}={value}"]
+    argv.append(str(context))
+    return run(argv, env=client.build_env, log=log, show=show, check=False, on_line=on_line)
+
+
+def run_container(
+    client: DockerClient,
+    image: str,
+    command: Sequence[str],
+    *,
+    network: str = "none",
+    gpus: bool = False,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> Completed:
+    """`docker run --rm` with captured stdout (the probe's JSON) and streamed stderr."""
+    argv = client.argv("run", "--rm", "--network", network)
+    if gpus:
+        argv += ["--gpus", "all"]
+    for key, value in (env or {}).items():
+        argv += ["-e", f"{key}={value}"]
+    argv += [image, *command]
+    return run(argv, capture=True, check=False, timeout=timeout)
+
+
+def tag(client: DockerClient, image_id: str, ref: str) -> None:
+    try:
+        run(client.argv("tag", image_id, ref))
+    except CommandError as error:
+        raise DockerCommandError(f"tagging {ref}: {error.message}") from None
+
+
+def untag(client: DockerClient, ref: str) -> None:
+    run(client.argv("image", "rm", "--no-prune", ref), check=False)
+
+
+def save(client: DockerClient, ref: str, out: Path) -> None:
+    try:
+        run(client.argv("save", "-o", str(out), ref))
+    except CommandError as error:
+        raise DockerCommandError(f"saving {ref}: {error.message}") from None
+
+
+def import_rootfs(client: DockerClient, tarball: Path, ref: str, changes: Sequence[str]) -> None:
+    argv = client.argv("import")
+    for change in changes:
+        argv += ["--change", change]
+    try:
+        run(argv + [str(tarball), ref])
+    except CommandError as error:
+        raise DockerCommandError(f"importing {tarball} as {ref}: {error.message}") from None
+
+
+def host_has_nvidia_gpus() -> bool:
+    """True when the host shows NVIDIA GPUs (nvidia-smi lists one); then the gate passes --gpus all."""
+    if shutil.which("nvidia-smi") is None:
+        return False
+    done = run(["nvidia-smi", "-L"], capture=True, check=False, quiet_echo=True, timeout=30)
+    return done.ok and "GPU" in done.stdout

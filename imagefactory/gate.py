@@ -1,0 +1,161 @@
+"""The gate: a candidate image (by ID) proves itself with its own probe and smoke suite, then is tagged.
+
+Both steps run inside the image with `--network none` (and `--gpus all` when the host shows NVIDIA
+GPUs). Only when both pass is the image tagged `<repo>:<target>`, `<repo>:<target>-latest` and the
+immutable tag. A failed gate tags nothing, prints the failing checks and keeps the report in
+reports/<target>/ (gate.json, probe.json, smoke.json) — the file the release step reads.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .docker import DockerClient, host_has_nvidia_gpus, run_container, tag
+from .errors import GateFailedError
+from .model import Target, immutable_tag
+from .run import CommandError, echo
+
+REPORTS_DIR = Path("reports")
+STEP_TIMEOUT_S = 3600  # the CPU smoke run is the slow one; a hung container must not hang CI
+
+GateMode = Literal["gpu", "cpu"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    name: str  # "probe" | "smoke"
+    argv: tuple[str, ...]
+    exit_code: int
+    failing: tuple[str, ...]  # "check: reason" for each failed check (or why the step itself failed)
+    report: str  # file name under reports/<target>/
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0 and not self.failing
+
+
+@dataclass(frozen=True)
+class GateResult:
+    target: str
+    image_id: str
+    mode: GateMode
+    require_gpu: bool
+    steps: tuple[StepResult, ...]
+    tags: tuple[str, ...] = ()
+    finished: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.steps) and all(step.passed for step in self.steps)
+
+    @property
+    def failing(self) -> tuple[str, ...]:
+        return tuple(f"{step.name}: {line}" for step in self.steps for line in step.failing)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["result"] = "passed" if self.passed else "failed"
+        data["passed"] = self.passed
+        data["failing"] = list(self.failing)
+        return data
+
+
+def gate_tags(target: Target, release: str) -> tuple[str, ...]:
+    """Full references this target's image gets on a pass: floating ones, then the immutable one."""
+    return (f"{target.image_repo}:{target.id}", f"{target.image_repo}:{target.id}-latest",
+            f"{target.image_repo}:{immutable_tag(target, release)}")
+
+
+def failing_checks(report: Any) -> list[str]:
+    """`name: reason` for every check in the probe's JSON whose status is `fail`, wherever it nests."""
+    out: list[str] = []
+
+    def walk(node: Any) -> Iterator[dict]:
+        if isinstance(node, dict):
+            yield node
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    for node in walk(report):
+        if node.get("status") == "fail" and "name" in node:
+            out.append(f"{node['name']}: {node.get('reason', '')}".rstrip(": "))
+    return out
+
+
+def step_commands(require_gpu: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    probe = ("python", "-m", "probe", "--json", *(("--require-gpu",) if require_gpu else ()))
+    smoke = ("python", "-m", "probe", "smoke", "--json")
+    return (("probe", probe), ("smoke", smoke))
+
+
+def run_step(client: DockerClient, image_id: str, name: str, argv: tuple[str, ...], gpus: bool, out_dir: Path) -> StepResult:
+    try:
+        done = run_container(client, image_id, argv, network="none", gpus=gpus, timeout=STEP_TIMEOUT_S)
+    except CommandError as error:
+        return StepResult(name, argv, -1, (error.message,), "")
+    report_name = f"{name}.json"
+    try:
+        report = json.loads(done.stdout)
+    except ValueError:
+        report_name = f"{name}.out"
+        (out_dir / report_name).write_text(done.stdout + "\n--- stderr (last lines) ---\n" + "\n".join(done.tail) + "\n")
+        last = done.tail[-1] if done.tail else "no output"
+        return StepResult(name, argv, done.returncode, (f"no JSON report (exit {done.returncode}): {last}",), report_name)
+    (out_dir / report_name).write_text(json.dumps(report, indent=2) + "\n")
+    failing = failing_checks(report)
+    if done.returncode != 0 and not failing:
+        last = done.tail[-1] if done.tail else "no output"
+        failing = [f"exit {done.returncode}: {last}"]
+    return StepResult(name, argv, done.returncode, tuple(failing), report_name)
+
+
+def gate_image(
+    client: DockerClient,
+    target: Target,
+    image_id: str,
+    *,
+    release: str,
+    require_gpu: bool = False,
+    reports_dir: Path = REPORTS_DIR,
+    gpus: bool | None = None,
+) -> GateResult:
+    """Run the probe and the smoke suite in the image; tag it only if both pass. Never raises for a
+    failing image: the result says what failed (the caller decides the exit code)."""
+    out_dir = reports_dir / target.id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gpus = host_has_nvidia_gpus() if gpus is None else gpus
+    mode: GateMode = "gpu" if gpus else "cpu"
+    if not gpus:
+        echo(f"gate {target.id}: no NVIDIA GPU on this host: CPU mode (GPU checks skipped"
+             f"{'; --require-gpu makes that a failure' if require_gpu else ''})")
+    steps = []
+    for name, argv in step_commands(require_gpu):
+        step = run_step(client, image_id, name, argv, gpus, out_dir)
+        steps.append(step)
+        if not step.passed:
+            break  # smoke training on an image whose probe failed proves nothing
+    result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps))
+    if result.passed:
+        for ref in gate_tags(target, release):
+            tag(client, image_id, ref)
+        result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps), gate_tags(target, release), result.finished)
+    (out_dir / "gate.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return result
+
+
+def require_pass(result: GateResult, reports_dir: Path = REPORTS_DIR) -> None:
+    """Raise GateFailedError (one line per failing check) unless the gate passed."""
+    if not result.passed:
+        raise GateFailedError(
+            f"{result.target}: gate failed ({result.mode} mode) for image {result.image_id[:19]}; "
+            f"no tag; report in {reports_dir / result.target}/gate.json",
+            details=result.failing,
+        )
