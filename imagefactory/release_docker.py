@@ -2,45 +2,32 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
+from imagefactory import docker
 from imagefactory.release_errors import ReleaseError
 from imagefactory.run import CommandError, run
 
 DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
 
 
-def docker_client() -> str:
-    """Debian's 20.10 client (/usr/bin/docker) when present: the newer preinstalled one lacks buildx.
-    IMAGEFACTORY_DOCKER overrides."""
-    chosen = os.environ.get("IMAGEFACTORY_DOCKER")
-    if chosen:
-        return chosen
-    return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else (shutil.which("docker") or "docker")
-
-
 class CliDocker:
-    def __init__(self, client: str | None = None) -> None:
-        self.client = client or docker_client()
+    """Over imagefactory.docker's detected client (Debian's 20.10 here; $IMAGEFACTORY_DOCKER overrides)."""
+
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        self.docker = client or docker.detect()
+        self.client = self.docker.executable
 
     def _run(self, *args: str, capture: bool = True, action: str) -> str:
         try:
-            return run([self.client, *args], capture=capture).stdout.strip()
+            return run(self.docker.argv(*args), capture=capture).stdout.strip()
         except CommandError as error:
             raise ReleaseError(f"{action} failed: {error.message}") from None
 
     def image_labels(self, ref: str) -> dict[str, str] | None:
-        done = run([self.client, "image", "inspect", "--format", "{{json .Config.Labels}}", ref], capture=True, check=False)
-        if not done.ok:
-            if any("No such image" in line for line in done.tail):
-                return None
-            raise ReleaseError(f"docker image inspect {ref} failed: {done.tail[-1] if done.tail else done.returncode}")
-        return json.loads(done.stdout or "null") or {}
+        return docker.image_labels(self.docker, ref)
 
     def label_child(self, parent_id: str, labels: dict[str, str], tag: str) -> str:
         """`FROM <parent>` plus labels; classic builder: it resolves a local image ID offline and adds no layer."""
@@ -48,14 +35,19 @@ class CliDocker:
             (Path(context) / "Dockerfile").write_text(f"FROM {parent_id}\n")
             label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
             try:
-                done = run([self.client, "build", "-q", "--network", "none", *label_args, "-t", tag, context],
+                # DOCKER_BUILDKIT=0: the classic builder takes `FROM <image id>` from the local store;
+                # BuildKit would try to resolve it as a registry name.
+                done = run(self.docker.argv("build", "-q", "--network", "none", *label_args, "-t", tag, context),
                            env={"DOCKER_BUILDKIT": "0"}, capture=True)
             except CommandError as error:
                 raise ReleaseError(f"labelling {parent_id[:19]} as {tag} failed: {error.message}") from None
         return done.stdout.strip().splitlines()[-1]
 
     def tag(self, source: str, target: str) -> None:
-        self._run("tag", source, target, action=f"docker tag {source} {target}")
+        try:
+            docker.tag(self.docker, source, target)
+        except docker.DockerCommandError as error:
+            raise ReleaseError(error.message) from None
 
     def push(self, ref: str) -> str:
         """Stream docker's per-layer progress; return the digest it reports."""
@@ -67,7 +59,7 @@ class CliDocker:
                 digests.append(found.group(1))
 
         try:
-            run([self.client, "push", ref], on_line=watch)
+            run(self.docker.argv("push", ref), on_line=watch)
         except CommandError as error:
             raise ReleaseError(f"push of {ref} failed: {error.message}") from None
         if not digests:

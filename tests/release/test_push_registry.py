@@ -128,3 +128,31 @@ def test_refuses_ungated_and_sbom_less_images(tmp_path: Path, repo: RepoRef) -> 
     with pytest.raises(ReleaseError, match="no io.imagefactory.sbom label"):
         push(tmp_path, repo, tiny_image(tmp_path, "nosbom", sbom=False), "1")
     assert Registry(repo).tags() == []
+
+
+def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Path, repo: RepoRef, capsys) -> None:
+    """`python -m imagefactory push` end to end, then `probe select --repo` reads the registry's tags."""
+    from imagefactory.cli import main as cli_main  # noqa: PLC0415
+    from probe.select import main as select_main  # noqa: PLC0415
+
+    image = tiny_image(tmp_path, "a")
+    (tmp_path / "reports" / TARGET).mkdir(parents=True)
+    (tmp_path / "reports" / TARGET / "gate.json").write_text(json.dumps({"target": TARGET, "image_id": image, "result": "passed"}))
+    argv = ["push", TARGET, "--registry", str(repo), "--release", "20261127", "--reports-dir", str(tmp_path / "reports")]
+    assert cli_main(argv) == 0
+    record = json.loads((tmp_path / "reports" / TARGET / "release.json").read_text())
+    assert record["immutable"] == f"{repo}:hopper-cu130-torch2.14.1-20261127"
+    assert record["digest"] == Registry(repo).image("hopper-cu130").digest  # type: ignore[union-attr]
+    assert cli_main(["summary", str(tmp_path / "reports" / TARGET / "release.json")]) == 0
+    assert f"`{repo}:hopper-cu130-latest`" in capsys.readouterr().out
+
+    # a second push of other content under the same release: one-line refusal, exit 7
+    (tmp_path / "reports" / TARGET / "gate.json").write_text(json.dumps({"target": TARGET, "image_id": tiny_image(tmp_path, "b"), "result": "passed"}))
+    assert cli_main(argv) == 7
+    err = capsys.readouterr().err
+    assert "error: " in err and "already exists with different content" in err and "Traceback" not in err
+
+    assert select_main(["--repo", str(repo), "--gpu-sm", "9.0", "--driver", "580.65", "--quiet"]) == 0
+    assert capsys.readouterr().out == f"{repo}:hopper-cu130-torch2.14.1-20261127\n"
+    assert select_main(["--repo", str(repo), "--gpu-sm", "9.0", "--driver", "570.86"]) == 1
+    assert "driver 570.86 is too old" in capsys.readouterr().err
