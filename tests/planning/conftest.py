@@ -56,3 +56,11 @@ def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch)
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def update_golden() -> bool:
+    """IMAGEFACTORY_UPDATE_GOLDEN=1 rewrites the golden files instead of comparing (see docs/matrix.md)."""
+    import os
+
+    return os.environ.get("IMAGEFACTORY_UPDATE_GOLDEN") == "1"
