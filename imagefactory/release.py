@@ -66,6 +66,7 @@ class GateReport:
     image_id: str
     passed: bool
     compact_json: str  # the whole report, as it goes into the label
+    mode: str = "gpu"  # "gpu" or "cpu" (the gate ran without a GPU: probe + smoke on the CPU only)
 
     @classmethod
     def read(cls, path: Path) -> GateReport:
@@ -83,6 +84,7 @@ class GateReport:
             image_id=str(data["image_id"]),
             passed=result is True or result == "passed",
             compact_json=json.dumps(data, separators=(",", ":"), sort_keys=True),
+            mode=str(data.get("mode", "gpu")),
         )
 
 
@@ -124,12 +126,18 @@ def publish(
     docker: DockerOps,
     registry: Registry,
     say: Callable[[str], None] = print,
+    allow_cpu_gate: bool = False,
 ) -> PushResult:
     """Push one gated image: immutable tag first (never overwritten), then the floating tags."""
     if report.target_id != target_id:
         raise ReleaseError(f"gate report is for {report.target_id}, not {target_id}")
     if not report.passed:
         raise ReleaseError(f"{target_id}: the gate did not pass for image {report.image_id[:19]}; refusing to push")
+    if report.mode != "gpu" and not allow_cpu_gate:
+        raise ReleaseError(
+            f"{target_id}: image {report.image_id[:19]} was gated in {report.mode} mode only; gate it on a GPU "
+            "(gate --require-gpu) or pass --allow-cpu-gate"
+        )
     labels = docker.image_labels(report.image_id)
     if labels is None:
         raise ReleaseError(f"{target_id}: gated image {report.image_id[:19]} is not in the local Docker store (rebuilt or pruned?)")

@@ -59,7 +59,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     repo = RepoRef.parse(args.registry)
     tags = release_tags(target.id, target.torch.version, args.release or default_release())
     report = GateReport.read(args.reports_dir / target.id / "gate.json")
-    result = publish(tags, report, target.id, repo, CliDocker(), Registry(repo), say=lambda m: print(m, flush=True))
+    result = publish(tags, report, target.id, repo, CliDocker(), Registry(repo), say=lambda m: print(m, flush=True),
+                     allow_cpu_gate=args.allow_cpu_gate)
     record = write_release_record(result, target.id, args.reports_dir)
     print(f"published {repo}:{tags.immutable} ({result.digest}); floating: {', '.join(tags.floating)}; record: {record}")
     return 0
@@ -84,6 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="HOST[:PORT]/NAME, e.g. ghcr.io/org/imagefactory (default: $IMAGEFACTORY_REGISTRY)")
     push.add_argument("--release", help="release version in the immutable tag (default: UTC date YYYYMMDD)")
     push.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, help="where gate reports are (default: reports)")
+    push.add_argument("--allow-cpu-gate", action="store_true",
+                      help="also push an image whose gate ran without a GPU (the report label says so)")
     push.set_defaults(func=cmd_push)
 
     docs = sub.add_parser("docs", help="docs/supported-tags.{md,json} and docs/deploy/ from the matrix")

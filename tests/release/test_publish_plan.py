@@ -132,6 +132,7 @@ def test_same_content_again_is_not_pushed_but_floating_tags_follow(tmp_path: Pat
         ({"target": "ampere-cu121"}, None, "gate report is for ampere-cu121"),
         ({}, {}, "not in the local Docker store"),
         ({}, {GATED: {}}, "no io.imagefactory.sbom label"),
+        ({"mode": "cpu"}, None, "gated in cpu mode only"),
     ],
 )
 def test_refusals_before_anything_is_pushed(tmp_path: Path, fields: dict, local: dict | None, message: str) -> None:
@@ -141,6 +142,12 @@ def test_refusals_before_anything_is_pushed(tmp_path: Path, fields: dict, local:
     with pytest.raises(ReleaseError, match=message):
         publish(TAGS, report(tmp_path, **fields), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert world.events == [] and world.remote == {}
+
+
+def test_cpu_gate_allowed_when_asked(tmp_path: Path) -> None:
+    world = FakeWorld()
+    publish(TAGS, report(tmp_path, mode="cpu"), "hopper-cu130", REPO, world, world, say=lambda _m: None, allow_cpu_gate=True)  # type: ignore[arg-type]
+    assert json.loads(world.remote[TAGS.immutable].labels[GATE_REPORT_LABEL])["mode"] == "cpu"
 
 
 def test_gate_report_errors_are_one_line(tmp_path: Path) -> None:
