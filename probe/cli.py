@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             return _smoke(_smoke_parser().parse_args(argv[1:]))
         if argv and argv[0] == "warm":
             return _warm(_warm_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "select":  # which image to pull on this machine (probe/select.py)
+            from probe.select import main as select_main
+
+            return select_main(argv[1:])
         return _report(_report_parser().parse_args(argv))
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
