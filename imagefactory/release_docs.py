@@ -87,7 +87,7 @@ def supported_tags_markdown(rows: Sequence[SupportedTag], repo: str) -> str:
         f"release, and one immutable tag per release (`{RELEASE_PLACEHOLDER}` is the release version, e.g. the",
         "date `20261127`) that never changes. Pin the immutable tag (or the digest) for reproducible runs.",
         "",
-        "Not sure which one? On the machine: `python3 -m probe.select --repo " + repo + "` (see docs/deploy/README.md).",
+        "Not sure which one? On the machine: `python3 -m probe select --repo " + repo + "` (see docs/deploy/README.md).",
         "",
         "| target | floating tags | immutable tag | GPUs (SM / gfx) | toolkit | torch | python | flavor | min driver |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -1,7 +1,7 @@
 """Pick the image to pull on a GPU machine: `python -m probe select --repo REPO`.
 
 Standard library only: this runs on a freshly rented pod before any image is pulled
-(copy probe/ over, or `pip install` the repository, then `python3 -m probe.select`).
+(copy probe/ over, or `pip install` the repository, then `python3 -m probe select`; `probe/select.py` also runs alone).
 
 Inputs: the GPU's compute capability and the driver version (from nvidia-smi, or given as
 `--gpu-sm 9.0 --driver 570.86`), and the candidate images: the registry's tag list

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +139,17 @@ def test_runs_with_the_standard_library_only(tmp_path: Path) -> None:
                            "--gpu-sm", "9.0", "--driver", "580.1", "--quiet"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hopper-cu130\n"
+
+
+def test_python_m_probe_select_from_a_bare_copy_of_probe(tmp_path: Path) -> None:
+    """What a pod does: copy probe/ over and run `python3 -m probe select` with no site-packages."""
+    shutil.copytree(REPO_ROOT / "probe", tmp_path / "probe", ignore=shutil.ignore_patterns("__pycache__"))
+    tags_file = tmp_path / "tags.json"
+    tags_file.write_text(json.dumps([{"id": "ampere-cu126", "sms": ["8.0", "8.6"], "cuda": "12.6", "torch": "2.11.0",
+                                      "driver_floor": "525", "tags": ["ampere-cu126"]}]))
+    done = subprocess.run([sys.executable, "-S", "-E", "-s", "-m", "probe", "select", "--tags-file", str(tags_file),
+                           "--gpu-sm", "8.6", "--driver", "550.54", "--repo", "r.example/if"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "r.example/if:ampere-cu126"
+    assert "reason: arch match: SM 8.6" in done.stdout
