@@ -153,3 +153,17 @@ def test_python_m_probe_select_from_a_bare_copy_of_probe(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "r.example/if:ampere-cu126"
     assert "reason: arch match: SM 8.6" in done.stdout
+
+
+def test_builtin_tables_match_matrix_yaml() -> None:
+    """probe select's registry mode knows SMs and driver floors from tag names alone: those tables must
+    agree with matrix.yaml (stdlib-only code cannot read it on a pod)."""
+    from imagefactory.matrix import load_matrix  # noqa: PLC0415
+    from probe.select import ARCH_SMS, driver_floor  # noqa: PLC0415
+
+    matrix = load_matrix(REPO_ROOT / "matrix.yaml")
+    nvidia = {name: arch.sms for name, arch in matrix.arches.items() if arch.vendor == "nvidia"}
+    assert ARCH_SMS == nvidia
+    for toolkit in matrix.toolkits.values():
+        if toolkit.kind == "cuda":
+            assert driver_floor(toolkit.version) == int(toolkit.driver_floor), toolkit.id
