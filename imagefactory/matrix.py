@@ -77,7 +77,9 @@ class _Doc:
 
     def problem(self, path: Path_, what: str) -> None:
         where = format_path(path) + ": " if path else ""
-        self.problems.append((self.line(path), f"{self.name}:{self.line(path)}: {where}{what}"))
+        # keys and values come from the file: escape line breaks so each problem stays one line
+        message = f"{where}{what}".replace("\r", "\\r").replace("\n", "\\n")
+        self.problems.append((self.line(path), f"{self.name}:{self.line(path)}: {message}"))
 
     def to_python(self, node: yaml.Node, path: Path_) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
@@ -235,17 +237,21 @@ def parse_matrix(text: str, path: Path) -> Matrix:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        what = _one_line(" ".join(str(p) for p in (exc.context, exc.problem) if p))
         raise ConfigError([f"{path.name}:{line}: invalid YAML: {what}"]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML forbids; it knows the offset, not the line
+        line = text[: exc.position].count("\n") + 1
+        raise ConfigError([f"{path.name}:{line}: invalid YAML: character {exc.character!r} is not allowed"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path.name}:1: invalid YAML: {exc}"]) from None
+        raise ConfigError([f"{path.name}:1: invalid YAML: {_one_line(str(exc))}"]) from None
     if root_node is None:
         raise ConfigError([f"{path.name}:1: the matrix is empty (expected the keys {', '.join(TOP_KEYS)})"])
     try:
         raw = doc.to_python(root_node, ())
     except yaml.YAMLError as exc:  # a scalar that cannot be constructed (e.g. a bad timestamp)
         mark = getattr(exc, "problem_mark", None)
-        raise ConfigError([f"{path.name}:{mark.line + 1 if mark else 1}: invalid YAML value: {exc}"]) from None
+        raise ConfigError([f"{path.name}:{mark.line + 1 if mark else 1}: invalid YAML value: "
+                           f"{_one_line(str(exc))}"]) from None
     matrix = _build(raw, doc, path)
     if doc.problems or matrix is None:
         problems = sorted(set(doc.problems)) or [(1, f"{path.name}:1: invalid matrix")]
@@ -254,6 +260,10 @@ def parse_matrix(text: str, path: Path) -> Matrix:
 
     expand(matrix)  # refused or duplicate explicit cells are config errors too: report them at load time
     return matrix
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:  # noqa: C901 - one linear pass per section

@@ -1,0 +1,151 @@
+"""The command surface: exit codes, one-line errors, formats, render --check, the extension hook."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from imagefactory import cli
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = Path(__file__).parent / "fixtures" / "templates"
+
+
+def test_targets_ids_and_formats(run_cli) -> None:
+    res = run_cli("targets", "--format", "ids")
+    ids = res.out.split()
+    assert res.code == 0 and "hopper-cu130" in ids and "cdna3-rocm6.2" in ids
+    assert json.loads(run_cli("targets", "--format", "github").out)["include"]
+    assert json.loads(run_cli("targets", "--format", "bake").out)["target"]
+    data = json.loads(run_cli("targets", "--format", "json", "--select", "hopper-cu130").out)
+    assert [t["id"] for t in data] == ["hopper-cu130"]
+    table = run_cli("targets")
+    assert table.code == 0 and "hopper-cu130" in table.out
+
+
+def test_select_braces_narrow_every_format(run_cli) -> None:
+    res = run_cli("targets", "--format", "github", "--select", "{hopper,blackwell}-cu130")
+    assert [r["target"] for r in json.loads(res.out)["include"]] == ["blackwell-cu130", "hopper-cu130"]
+
+
+def test_matrix_option_before_or_after_the_subcommand(run_cli) -> None:
+    path = str(REPO / "matrix.yaml")
+    assert run_cli("--matrix", path, "targets", "--format", "ids").code == 0
+    assert run_cli("targets", "--matrix", path, "--format", "ids").code == 0
+
+
+def test_why_not(run_cli) -> None:
+    res = run_cli("targets", "--why-not")
+    assert res.code == 0 and "volta-cu130: refused by rule sm-dropped" in res.out
+    data = json.loads(run_cli("targets", "--why-not", "--format", "json", "--select", "blackwell-*").out)
+    assert {c["id"] for c in data} == {"blackwell-cu118", "blackwell-cu121", "blackwell-cu124", "blackwell-cu126"}
+
+
+def test_show_prints_values_and_sources(run_cli) -> None:
+    res = run_cli("show", "hopper-cu130")
+    assert res.code == 0
+    for text in ("2.14.1", "3.8.0", "imagefactory/base:bookworm", "3.11", "slim", "0.50.2", "matrix.yaml:",
+                 "cuda-toolkit[nvcc"):
+        assert text in res.out, text
+    assert json.loads(run_cli("show", "hopper-cu130", "--format", "json").out)["id"] == "hopper-cu130"
+
+
+def test_unknown_target_one_line_with_near_misses(run_cli) -> None:
+    res = run_cli("show", "hoper-cu130")
+    assert res.code == 2 and res.out == ""
+    assert res.err.count("\n") == 1 and res.err.startswith("error: unknown target 'hoper-cu130'; did you mean: hopper-cu130")
+
+
+def test_refused_target_exit_3(run_cli) -> None:
+    res = run_cli("show", "volta-cu130")
+    assert res.code == 3 and "refused by rule sm-dropped" in res.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "text"),
+    [
+        (("explain", "hopper", "cu130"), 0, "allowed: hopper x cu130 x torch 2.14.1 (slim flavor) -> target hopper-cu130"),
+        (("explain", "ampere", "cu121", "2.5", "--flavor", "slim"), 3, "refused by rule slim-nvcc"),
+        (("explain", "blackwell", "cu121"), 3, "FAIL sm-floor"),
+        (("explain", "turing", "cu126", "--dtype", "bf16"), 3, "refused by rule bf16"),
+        (("explain", "hopper", "cu128", "2.7.1"), 0, "-> target hopper-cu128-torch2.7"),
+    ],
+)
+def test_explain(run_cli, argv, code, text) -> None:
+    res = run_cli(*argv)
+    assert res.code == code and text in res.out, res.out + res.err
+
+
+def test_explain_unknown_names(run_cli) -> None:
+    res = run_cli("explain", "hoppper", "cu130")
+    assert res.code == 2 and "unknown arch 'hoppper' (did you mean 'hopper'?)" in res.err
+    assert "unknown torch '2.99'" in run_cli("explain", "hopper", "cu130", "2.99").err
+
+
+def test_broken_matrix_exit_2_one_line_per_problem_nothing_written(run_cli, tmp_path: Path) -> None:
+    bad = tmp_path / "matrix.yaml"
+    text = (REPO / "matrix.yaml").read_text().replace('    driver_floor: "580"', '    drver_floor: "580"')
+    bad.write_text(text.replace("image_repo: imagefactory", "image_repo: 7"))
+    res = run_cli("--matrix", str(bad), "render", "--templates", str(FIXTURE), "--out", str(tmp_path / "out"))
+    assert res.code == 2 and res.out == ""
+    lines = res.err.splitlines()
+    assert len(lines) >= 2 and all(line.startswith("error: matrix.yaml:") for line in lines)
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_and_check(run_cli, tmp_path: Path) -> None:
+    out = tmp_path / "repo"
+    args = ("render", "--templates", str(FIXTURE), "--out", str(out), "--select", "hopper-*")
+    res = run_cli(*args)
+    assert res.code == 0 and "wrote dockerfiles/hopper-cu130/Dockerfile" in res.out
+    assert "0 changed" in run_cli(*args).out
+    assert run_cli(*args, "--check").code == 0
+    (out / "dockerfiles/hopper-cu130/Dockerfile").write_text("drift\n")
+    (out / "dockerfiles/hopper-cu128/Dockerfile").unlink()
+    res = run_cli(*args, "--check")
+    assert res.code == 1
+    assert "error: dockerfiles/hopper-cu130/Dockerfile: changed" in res.err
+    assert "error: dockerfiles/hopper-cu128/Dockerfile: missing" in res.err
+    assert (out / "dockerfiles/hopper-cu130/Dockerfile").read_text() == "drift\n"  # --check writes nothing
+
+
+def test_template_error_writes_nothing(run_cli, tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(FIXTURE, templates)
+    (templates / "partials" / "build.j2").write_text("{% if target.flavor == 'rocm' %}{{ nope }}{% endif %}\n")
+    res = run_cli("render", "--templates", str(templates), "--out", str(tmp_path / "out"))
+    assert res.code == 2 and "undefined" in res.err and res.err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # the CUDA targets rendered fine, but none was written
+
+
+def test_extension_hook(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
+    pkg = tmp_path / "fakeext"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "good.py").write_text(textwrap.dedent("""
+        def register(subparsers):
+            p = subparsers.add_parser("hello")
+            p.add_argument("name")
+            p.set_defaults(func=lambda args: print("hi", args.name) or 5)
+    """))
+    (pkg / "broken.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "EXTENSION_MODULES", ("fakeext.good", "fakeext.absent"))
+    assert cli.main(["hello", "world"]) == 5
+    assert "hi world" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "EXTENSION_MODULES", ("fakeext.broken",))
+    assert cli.main(["targets"]) == 1
+    assert "fakeext.broken: cannot import" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point() -> None:
+    done = subprocess.run([sys.executable, "-m", "imagefactory", "show", "hoper-cu130"], capture_output=True,
+                          text=True, cwd=REPO, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "did you mean: hopper-cu130" in done.stderr
