@@ -172,6 +172,10 @@ def publish(
 
     for tag in tags.floating:
         ref = f"{repo}:{tag}"
+        current = registry.image(tag)
+        if current is not None and current.digest == digest:
+            say(f"{ref} already at {digest}")
+            continue
         docker.tag(source, ref)
         say(f"moving {ref} → {digest}")
         moved = docker.push(ref)

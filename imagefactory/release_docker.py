@@ -6,11 +6,43 @@ import re
 import tempfile
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
 from imagefactory import docker
 from imagefactory.release_errors import ReleaseError
 from imagefactory.run import CommandError, run
 
 DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
+LAYER_STATE = re.compile(r"^([0-9a-f]{12}): (.+)$")
+LAYER_DONE = ("Pushed", "Layer already exists", "Mounted from")
+
+
+class PushLayers:
+    """Per-layer state from `docker push` output lines (docker prints state changes when not on a TTY)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}
+        self.digest: str | None = None
+
+    def feed(self, line: str) -> bool:
+        """Take one output line; True when it changed what the progress line shows."""
+        found = DIGEST.search(line)
+        if found:
+            self.digest = found.group(1)
+            return True
+        state = LAYER_STATE.match(line.strip())
+        if state is None:
+            return False
+        self.states[state.group(1)] = state.group(2)
+        return True
+
+    @property
+    def done(self) -> int:
+        return sum(state.startswith(LAYER_DONE) for state in self.states.values())
+
+    def describe(self, ref: str) -> str:
+        return f"pushing {ref}: {self.done}/{len(self.states)} layers"
 
 
 class CliDocker:
@@ -50,21 +82,28 @@ class CliDocker:
             raise ReleaseError(error.message) from None
 
     def push(self, ref: str) -> str:
-        """Stream docker's per-layer progress; return the digest it reports."""
-        digests: list[str] = []
+        """Push with a live progress line (layers done / total, elapsed; docker's own lines in CI logs);
+        return the digest docker reports."""
+        layers = PushLayers()
+        console = Console(stderr=True, soft_wrap=True)
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task(layers.describe(ref), total=None)
 
-        def watch(line: str) -> None:
-            found = DIGEST.search(line)
-            if found:
-                digests.append(found.group(1))
+            def watch(line: str) -> None:
+                if layers.feed(line):
+                    progress.update(task, description=layers.describe(ref))
+                if not console.is_terminal:
+                    console.print(line, markup=False, highlight=False)
 
-        try:
-            run(self.docker.argv("push", ref), on_line=watch)
-        except CommandError as error:
-            raise ReleaseError(f"push of {ref} failed: {error.message}") from None
-        if not digests:
+            try:
+                run(self.docker.argv("push", ref), on_line=watch, show=False)
+            except CommandError as error:
+                raise ReleaseError(f"push of {ref} failed after {layers.done}/{len(layers.states)} layers: {error.message}") from None
+        if layers.digest is None:
             raise ReleaseError(f"push of {ref}: docker reported no digest")
-        return digests[-1]
+        console.print(f"pushed {ref}: {len(layers.states)} layers, {layers.digest}", highlight=False)
+        return layers.digest
 
     def pull(self, ref: str) -> None:
         self._run("pull", ref, capture=False, action=f"docker pull {ref}")

@@ -122,7 +122,7 @@ def test_same_content_again_is_not_pushed_but_floating_tags_follow(tmp_path: Pat
     world.events.clear()
     second = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert second.already_there and second.digest == first.digest
-    assert not any(e.startswith("build") or e == f"push {TAGS.immutable}" for e in world.events)
+    assert world.events == [f"pull {REPO}@{first.digest}"]  # floating tags already there: nothing pushed
 
 
 @pytest.mark.parametrize(
@@ -173,3 +173,16 @@ def test_release_record_and_summary(tmp_path: Path) -> None:
 def test_registry_argument_is_checked(text: str) -> None:
     with pytest.raises(ReleaseError, match="--registry"):
         RepoRef.parse(text)
+
+
+def test_push_progress_counts_layers_and_finds_the_digest() -> None:
+    from imagefactory.release_docker import PushLayers  # noqa: PLC0415
+
+    layers = PushLayers()
+    lines = ["The push refers to repository [127.0.0.1:5000/imagefactory]", "5f70bf18a086: Preparing",
+             "e19c34e44479: Preparing", "5f70bf18a086: Waiting", "e19c34e44479: Pushed",
+             "5f70bf18a086: Layer already exists",
+             "hopper-cu130: digest: sha256:" + "ab" * 32 + " size: 524"]
+    shown = [layers.feed(line) for line in lines]
+    assert shown == [False, True, True, True, True, True, True]
+    assert layers.describe("r:t") == "pushing r:t: 2/2 layers" and layers.digest == "sha256:" + "ab" * 32
