@@ -155,8 +155,7 @@ def publish(
             )
         say(f"{immutable_ref} already holds this gated image ({remote.digest}); not pushed again")
         digest = remote.digest
-        docker.pull(f"{repo}@{digest}")  # the local copy to move floating tags from
-        source = f"{repo}@{digest}"
+        source = f"{repo}@{digest}"  # pulled below only if a floating tag must move
     else:
         gate_labels = {GATE_LABEL: "passed", GATE_IMAGE_LABEL: report.image_id, GATE_REPORT_LABEL: report.compact_json}
         docker.label_child(report.image_id, gate_labels, immutable_ref)
@@ -170,12 +169,16 @@ def publish(
             )
         source = immutable_ref
 
+    pulled = remote is None  # a fresh push leaves the image local
     for tag in tags.floating:
         ref = f"{repo}:{tag}"
         current = registry.image(tag)
         if current is not None and current.digest == digest:
             say(f"{ref} already at {digest}")
             continue
+        if not pulled:
+            docker.pull(source)  # the local copy to move floating tags from (its layers are mostly local)
+            pulled = True
         docker.tag(source, ref)
         say(f"moving {ref} → {digest}")
         moved = docker.push(ref)

@@ -122,7 +122,7 @@ def test_same_content_again_is_not_pushed_but_floating_tags_follow(tmp_path: Pat
     world.events.clear()
     second = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert second.already_there and second.digest == first.digest
-    assert world.events == [f"pull {REPO}@{first.digest}"]  # floating tags already there: nothing pushed
+    assert world.events == []  # floating tags already there: nothing pulled or pushed
 
 
 @pytest.mark.parametrize(
@@ -186,3 +186,13 @@ def test_push_progress_counts_layers_and_finds_the_digest() -> None:
     shown = [layers.feed(line) for line in lines]
     assert shown == [False, True, True, True, True, True, True]
     assert layers.describe("r:t") == "pushing r:t: 2/2 layers" and layers.digest == "sha256:" + "ab" * 32
+
+
+def test_floating_tags_moved_from_an_existing_immutable_tag_are_pulled_first(tmp_path: Path) -> None:
+    world = FakeWorld()
+    first = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    del world.remote["hopper-cu130"], world.remote["hopper-cu130-latest"]
+    world.events.clear()
+    publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    assert world.events == [f"pull {REPO}@{first.digest}", "push hopper-cu130", "push hopper-cu130-latest"]
+    assert world.remote["hopper-cu130-latest"].digest == first.digest
