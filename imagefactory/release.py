@@ -96,6 +96,14 @@ class DockerOps(Protocol):
     def tag(self, source: str, target: str) -> None: ...
     def push(self, ref: str) -> str: ...  # returns the pushed manifest digest
     def pull(self, ref: str) -> None: ...
+    def read_file(self, image: str, path: str) -> bytes | None: ...  # None: no such file in the image
+
+
+def is_cyclonedx(data: bytes | None) -> bool:
+    try:
+        return data is not None and json.loads(data).get("bomFormat") == "CycloneDX"
+    except (ValueError, AttributeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,8 @@ def publish(
         raise ReleaseError(f"{target_id}: gated image {report.image_id[:19]} is not in the local Docker store (rebuilt or pruned?)")
     if SBOM_LABEL not in labels:
         raise ReleaseError(f"{target_id}: image {report.image_id[:19]} has no {SBOM_LABEL} label (no SBOM); rebuild it")
+    if not is_cyclonedx(docker.read_file(report.image_id, labels[SBOM_LABEL])):
+        raise ReleaseError(f"{target_id}: image {report.image_id[:19]} has no CycloneDX JSON at {labels[SBOM_LABEL]} (its {SBOM_LABEL} label)")
 
     immutable_ref = f"{repo}:{tags.immutable}"
     remote = registry.image(tags.immutable)

@@ -105,5 +105,18 @@ class CliDocker:
         console.print(f"pushed {ref}: {len(layers.states)} layers, {layers.digest}", highlight=False)
         return layers.digest
 
+    def read_file(self, image: str, path: str) -> bytes | None:
+        """One file out of an image without running it (create, cp, rm); None when it is not there."""
+        created = run(self.docker.argv("create", image, "/none"), capture=True, check=False)
+        if not created.ok:
+            raise ReleaseError(f"docker create {image[:19]} failed: {created.tail[-1] if created.tail else created.returncode}")
+        container = created.stdout.strip()
+        try:
+            with tempfile.TemporaryDirectory(prefix="imagefactory-release-") as out:
+                copied = run(self.docker.argv("cp", f"{container}:{path}", f"{out}/file"), capture=True, check=False)
+                return (Path(out) / "file").read_bytes() if copied.ok and (Path(out) / "file").is_file() else None
+        finally:
+            run(self.docker.argv("rm", container), capture=True, check=False)
+
     def pull(self, ref: str) -> None:
         self._run("pull", ref, capture=False, action=f"docker pull {ref}")

@@ -35,6 +35,7 @@ class FakeWorld:
         self.remote: dict[str, RemoteImage] = {}  # tag → image
         self.events: list[str] = []
         self.fail_push_of: str | None = None
+        self.files = {(GATED, "/opt/imagefactory/sbom.cdx.json"): b'{"bomFormat": "CycloneDX", "components": []}'}
 
     # DockerOps
     def image_labels(self, ref: str) -> dict[str, str] | None:
@@ -65,6 +66,9 @@ class FakeWorld:
             if image.digest == digest:
                 self.local[ref] = image.labels
         self.events.append(f"pull {ref}")
+
+    def read_file(self, image: str, path: str) -> bytes | None:
+        return self.files.get((image, path))
 
     # Registry
     def image(self, reference: str) -> RemoteImage | None:
@@ -133,6 +137,7 @@ def test_same_content_again_is_not_pushed_but_floating_tags_follow(tmp_path: Pat
         ({}, {}, "not in the local Docker store"),
         ({}, {GATED: {}}, "no io.imagefactory.sbom label"),
         ({"mode": "cpu"}, None, "gated in cpu mode only"),
+        ({}, {GATED: {SBOM_LABEL: "/elsewhere.json"}}, "no CycloneDX JSON at /elsewhere.json"),
     ],
 )
 def test_refusals_before_anything_is_pushed(tmp_path: Path, fields: dict, local: dict | None, message: str) -> None:

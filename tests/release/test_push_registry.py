@@ -127,6 +127,11 @@ def test_refuses_ungated_and_sbom_less_images(tmp_path: Path, repo: RepoRef) -> 
         publish(release_tags(TARGET, "2.14.1", "1"), gate_report(tmp_path, image, "failed"), TARGET, repo, CliDocker(), Registry(repo))
     with pytest.raises(ReleaseError, match="no io.imagefactory.sbom label"):
         push(tmp_path, repo, tiny_image(tmp_path, "nosbom", sbom=False), "1")
+    other = tiny_image(tmp_path, "c")
+    labels = {SBOM_LABEL: "/opt/imagefactory/missing.cdx.json"}
+    mislabelled = CliDocker().label_child(other, labels, f"imagefactory-test/{TARGET}:mislabelled")
+    with pytest.raises(ReleaseError, match="no CycloneDX JSON at /opt/imagefactory/missing.cdx.json"):
+        push(tmp_path, repo, mislabelled, "1")
     assert Registry(repo).tags() == []
 
 
