@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["render", "tests", "lint"]
+nox.options.sessions = ["tests", "lint"]  # `render` writes files: run it by name
 nox.options.default_venv_backend = "none"
 
 PY = sys.executable
@@ -35,7 +35,7 @@ def _target_ids() -> list[str]:
         return []
 
 
-@nox.session(venv_backend="none", tags=["planning"])
+@nox.session(venv_backend="none", tags=["planning"], default=False)
 def render(session: nox.Session) -> None:
     """Render dockerfiles/<target>/Dockerfile from matrix.yaml + templates/ (writes only changes)."""
     session.run(*CLI, "render", external=True)
