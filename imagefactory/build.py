@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import bootstrap as _bootstrap
@@ -282,7 +283,7 @@ def summary_table(results: Sequence[BuildResult]) -> Table:
         table.add_column(column, overflow="fold")
     for r in results:
         verdict = "[green]passed[/]" if r.ok else f"[red]failed[/] ({r.stage})"
-        table.add_row(r.target, verdict, f"{r.duration_s:.0f} s", human_size(r.size_bytes), r.reason or ", ".join(r.tags))
+        table.add_row(r.target, verdict, f"{r.duration_s:.0f} s", human_size(r.size_bytes), escape(r.reason or ", ".join(r.tags)))
     return table
 
 
@@ -299,10 +300,10 @@ def build_many(client: DockerClient, targets: Sequence[Target], opts: BuildOptio
             with console.status(f"{header}: starting") as status:
                 def step(line: str, status=status, header=header) -> None:
                     if line.startswith("#") and "[" in line and "]" in line:
-                        status.update(f"{header}: {line.split(']', 1)[0].split('[', 1)[1]}{line.split(']', 1)[1][:60]}")
+                        status.update(escape(f"{header}: {line.split(']', 1)[0].split('[', 1)[1]}{line.split(']', 1)[1][:60]}"))
                 result = build_one(client, target, opts, on_line=step)
         results.append(result)
-        verdict = "[green]passed[/]" if result.ok else f"[red]failed[/]: {result.reason}"
+        verdict = "[green]passed[/]" if result.ok else f"[red]failed[/]: {escape(result.reason)}"
         console.print(f"{header}: {verdict} in {result.duration_s:.0f} s")
     console.print(summary_table(results))
     return results

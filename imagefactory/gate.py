@@ -131,6 +131,8 @@ def gate_image(
     failing image: the result says what failed (the caller decides the exit code)."""
     out_dir = reports_dir / target.id
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("gate.json", "probe.json", "probe.out", "smoke.json", "smoke.out"):
+        (out_dir / stale).unlink(missing_ok=True)  # a report must describe this image only
     gpus = host_has_nvidia_gpus() if gpus is None else gpus
     mode: GateMode = "gpu" if gpus else "cpu"
     if not gpus:
