@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def tiny_image(tmp_path: Path, content: str, *, sbom: bool = True) -> str:
     with tarfile.open(archive, "w") as tar:
         tar.add(root, arcname=".")
     change = ["-c", f"LABEL {SBOM_LABEL}=/opt/imagefactory/sbom.cdx.json"] if sbom else []
-    image_id = docker("import", *change, str(archive), f"imagefactory-test/{TARGET}:{content}")
+    image_id = docker("import", *change, str(archive), f"imagefactory-test/{tmp_path.name.lower()}:{content}")
     (tmp_path / f"{content}.id").write_text(image_id)
     return image_id
 
@@ -46,6 +47,18 @@ def gate_report(tmp_path: Path, image_id: str, result: str = "passed") -> GateRe
     path = tmp_path / f"gate-{image_id[7:19]}.json"
     path.write_text(json.dumps({"target": TARGET, "image_id": image_id, "result": result, "checks": 12}))
     return GateReport.read(path)
+
+
+@pytest.fixture(autouse=True)
+def remove_test_images(tmp_path: Path, local_registry) -> Iterator[None]:
+    """Leave the Docker store as found: drop every tag this test made (its registry's and its tiny images)."""
+    yield
+    ours = (f"{local_registry.host}/", f"imagefactory-test/{tmp_path.name.lower()}")
+    rows = [line.split() for line in docker("images", "--no-trunc", "--format", "{{.ID}} {{.Repository}}").splitlines()]
+    ids = sorted({image_id for image_id, repository in rows if repository.startswith(ours)})
+    for _pass in range(2):  # labelled children first, then the tiny images they were made FROM
+        if ids:
+            subprocess.run([CliDocker().client, "rmi", "--force", *ids], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -129,7 +142,7 @@ def test_refuses_ungated_and_sbom_less_images(tmp_path: Path, repo: RepoRef) -> 
         push(tmp_path, repo, tiny_image(tmp_path, "nosbom", sbom=False), "1")
     other = tiny_image(tmp_path, "c")
     labels = {SBOM_LABEL: "/opt/imagefactory/missing.cdx.json"}
-    mislabelled = CliDocker().label_child(other, labels, f"imagefactory-test/{TARGET}:mislabelled")
+    mislabelled = CliDocker().label_child(other, labels, f"imagefactory-test/{tmp_path.name.lower()}:mislabelled")
     with pytest.raises(ReleaseError, match="no CycloneDX JSON at /opt/imagefactory/missing.cdx.json"):
         push(tmp_path, repo, mislabelled, "1")
     assert Registry(repo).tags() == []
