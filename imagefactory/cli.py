@@ -10,6 +10,7 @@ and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib
 import os
 import sys
@@ -23,7 +24,7 @@ from rich.table import Table
 
 from . import outputs, render
 from .errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, did_you_mean
-from .expand import _pick, all_targets, expand, resolve_target, select_targets
+from .expand import all_targets, expand, expand_braces, pick, resolve_target, select_targets
 from .matrix import load_matrix
 from .model import Matrix, Target
 from .rules import Candidate
@@ -83,9 +84,6 @@ def cmd_targets(args: argparse.Namespace) -> int:
 def _why_not(matrix: Matrix, args: argparse.Namespace) -> int:
     refused = expand(matrix).refused
     if args.select:
-        from .expand import expand_braces  # noqa: PLC0415
-        import fnmatch  # noqa: PLC0415
-
         pats = expand_braces(args.select)
         refused = tuple(c for c in refused if any(fnmatch.fnmatchcase(c.id, p) for p in pats))
     if args.format == "json":
@@ -159,10 +157,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.flavor and args.flavor not in matrix.flavors:
         raise UnknownTargetError(f"unknown flavor {args.flavor!r}{did_you_mean(args.flavor, matrix.flavors)}")
     torch = _torch_arg(matrix, args.torch) if args.torch else None
-    pick = _pick(matrix, args.arch, args.toolkit, torch, args.flavor, args.dtype)
-    cand = pick.candidate or _first_candidate(matrix, args.arch, args.toolkit, torch, args.flavor, args.dtype)
+    choice = pick(matrix, args.arch, args.toolkit, torch, args.flavor, args.dtype)
+    cand = choice.candidate or _first_candidate(matrix, args.arch, args.toolkit, torch, args.flavor, args.dtype)
     label = f"{args.arch} x {args.toolkit} x torch {cand.torch.version} ({cand.flavor.name} flavor)"
-    if pick.candidate is not None:
+    if choice.candidate is not None:
         ids = [t.id for t in all_targets(matrix) if t.arch.name == args.arch and t.toolkit.id == args.toolkit
                and t.torch.version == cand.torch.version and t.flavor == cand.flavor.name]
         print(f"allowed: {label}" + (f" -> target {ids[0]}" if ids else " (not a cell of the matrix: add it under "
@@ -171,13 +169,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  torch {cand.torch.version}: the newest torch shipping {args.toolkit} that passes every rule")
     else:
         print(f"refused: {args.arch} x {args.toolkit}" + (f" x torch {torch}" if torch else ""))
-        for refusal in pick.refusals:
+        for refusal in choice.refusals:
             print(f"  {refusal}")
         print(f"rules checked for {label}:")
     for name, doc, refusal in explain_rules(matrix, cand):
         mark = "ok  " if refusal is None else "FAIL"
         print(f"  {mark} {name}: {doc}" + ("" if refusal is None else f"\n       -> {refusal.reason}"))
-    return 0 if pick.candidate is not None else REFUSED_EXIT
+    return 0 if choice.candidate is not None else REFUSED_EXIT
 
 
 def _torch_arg(matrix: Matrix, text: str) -> str:

@@ -39,7 +39,9 @@ class Expansion:
 
 
 @dataclass(frozen=True)
-class _Pick:
+class Pick:
+    """The preferred allowed candidate of a cell, or why none was allowed."""
+
     candidate: Candidate | None  # None: nothing passed
     refusals: tuple[Refusal, ...]  # why the preferred candidates were refused
 
@@ -54,23 +56,23 @@ def _torches_for(matrix: Matrix, toolkit: str) -> list[TorchBuild]:
     return sorted(shipping, key=lambda t: Version(t.version), reverse=True)
 
 
-def _pick(matrix: Matrix, arch: str, toolkit: str, torch: str | None = None, flavor: str | None = None,
-          dtype: TrainDtype | None = None) -> _Pick:
+def pick(matrix: Matrix, arch: str, toolkit: str, torch: str | None = None, flavor: str | None = None,
+          dtype: TrainDtype | None = None) -> Pick:
     """The first candidate (newest torch, then flavor preference) that passes every rule."""
     tk = matrix.toolkits[toolkit]
     torches = [matrix.torches[torch]] if torch else _torches_for(matrix, toolkit)
     flavors = [flavor] if flavor else [f for f in tk.flavors if f in matrix.flavors] or list(matrix.flavors)
     if not torches:
-        return _Pick(None, (Refusal("torch-toolkit", f"no torch in the matrix ships {toolkit}"),))
+        return Pick(None, (Refusal("torch-toolkit", f"no torch in the matrix ships {toolkit}"),))
     seen: dict[tuple[str, str], Refusal] = {}
     for t in torches:
         for f in flavors:
             cand = Candidate(matrix.arches[arch], tk, t, matrix.flavors[f], dtype)
             refusals = check(matrix, cand)
             if not refusals:
-                return _Pick(cand, ())
+                return Pick(cand, ())
             seen.setdefault((refusals[0].rule, refusals[0].reason), refusals[0])
-    return _Pick(None, tuple(seen.values()))
+    return Pick(None, tuple(seen.values()))
 
 
 def make_id(arch: str, toolkit: str, torch_minor: str | None, flavor: str | None, dtype: str | None) -> str:
@@ -200,13 +202,13 @@ def expand(matrix: Matrix) -> Expansion:
     return result
 
 
-def _defaults(matrix: Matrix) -> dict[tuple[str, str], _Pick]:
-    picks: dict[tuple[str, str], _Pick] = {}
+def _defaults(matrix: Matrix) -> dict[tuple[str, str], Pick]:
+    picks: dict[tuple[str, str], Pick] = {}
     for arch in matrix.arches.values():
         for tk in matrix.toolkits.values():
             if (tk.kind == "cuda") != (arch.vendor == "nvidia"):
                 continue  # a vendor mismatch is not a cell anyone asks about
-            picks[(arch.name, tk.id)] = _pick(matrix, arch.name, tk.id)
+            picks[(arch.name, tk.id)] = pick(matrix, arch.name, tk.id)
     return picks
 
 
@@ -215,12 +217,12 @@ def _expand(matrix: Matrix) -> Expansion:
     targets: dict[str, Target] = {}
     refused: list[RefusedCell] = []
     if matrix.expand_all:
-        for (arch, tk), pick in defaults.items():
-            if pick.candidate is None:
-                refused.append(RefusedCell(f"{arch}-{tk}", pick.refusals))
+        for (arch, tk), cell_pick in defaults.items():
+            if cell_pick.candidate is None:
+                refused.append(RefusedCell(f"{arch}-{tk}", cell_pick.refusals))
                 continue
             targets[f"{arch}-{tk}"] = build_target(
-                matrix, pick.candidate, f"{arch}-{tk}", is_default=True,
+                matrix, cell_pick.candidate, f"{arch}-{tk}", is_default=True,
                 why_torch=f"newest torch that ships {tk} and passes every rule",
                 why_flavor="first flavor of the toolkit that passes every rule")
     problems: list[str] = []
@@ -242,15 +244,15 @@ def _expand(matrix: Matrix) -> Expansion:
     return Expansion(tuple(targets[k] for k in sorted(targets)), tuple(sorted(refused, key=lambda c: c.id)))
 
 
-def _extra_target(matrix: Matrix, spec: CellSpec, defaults: dict[tuple[str, str], _Pick]) -> Target | str:
+def _extra_target(matrix: Matrix, spec: CellSpec, defaults: dict[tuple[str, str], Pick]) -> Target | str:
     arch, tk = matrix.arches[spec.arch], matrix.toolkits[spec.toolkit]
     if (tk.kind == "cuda") != (arch.vendor == "nvidia"):
         return f"refused by rule vendor: {arch.name} is an {arch.vendor} arch; {tk.id} is a {tk.kind} toolkit"
-    pick = _pick(matrix, spec.arch, spec.toolkit, spec.torch, spec.flavor, spec.dtype)
-    if pick.candidate is None:
-        return "; ".join(str(r) for r in pick.refusals)
+    chosen = pick(matrix, spec.arch, spec.toolkit, spec.torch, spec.flavor, spec.dtype)
+    if chosen.candidate is None:
+        return "; ".join(str(r) for r in chosen.refusals)
     default = defaults[(spec.arch, spec.toolkit)].candidate
-    cand = pick.candidate
+    cand = chosen.candidate
     torch_suffix = cand.torch.minor if default is None or cand.torch != default.torch else None
     flavor_suffix = cand.flavor.name if default is None or cand.flavor != default.flavor else None
     dtype_suffix = spec.dtype if spec.dtype and spec.dtype != natural_dtype(cand) else None
@@ -281,9 +283,9 @@ def resolve_target(matrix: Matrix, target_id: str) -> Target:
         if (tk.kind == "cuda") != (arch.vendor == "nvidia"):
             raise RefusedTargetError(f"{target_id}: refused by rule vendor: {arch.name} is an {arch.vendor} arch; "
                                      f"{tk.id} is a {tk.kind} toolkit")
-        pick = _pick(matrix, parsed["arch"], parsed["toolkit"], torch, parsed["flavor"], parsed["dtype"])  # type: ignore[arg-type]
-        if pick.candidate is None:
-            raise RefusedTargetError(f"{target_id}: " + "; ".join(str(r) for r in pick.refusals))
+        chosen = pick(matrix, parsed["arch"], parsed["toolkit"], torch, parsed["flavor"], parsed["dtype"])  # type: ignore[arg-type]
+        if chosen.candidate is None:
+            raise RefusedTargetError(f"{target_id}: " + "; ".join(str(r) for r in chosen.refusals))
         raise UnknownTargetError(f"{target_id}: compatible, but not a cell of {matrix.path.name}; add it under "
                                  f"cells.extra to build it")
     raise UnknownTargetError(_unknown_message(f"unknown target {target_id!r}", target_id, known))
