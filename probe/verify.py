@@ -51,6 +51,9 @@ def gpu_visible(det: Detection, require_gpu: bool) -> Check:
     if det.torch.cuda_available and det.torch.device_count > 0:
         gpu = det.gpus[0]
         return passed(name, f"torch sees {det.torch.device_count} GPU(s): {gpu.name}", count=det.torch.device_count)
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES", os.environ.get("HIP_VISIBLE_DEVICES"))
+    if det.gpus and hidden in ("", "-1") and not require_gpu:
+        return skipped(name, f"{len(det.gpus)} GPU(s) present but hidden by CUDA_VISIBLE_DEVICES={hidden!r}: CPU mode")
     if det.gpus:
         return failed(name, f"the system lists {len(det.gpus)} GPU(s) ({det.gpus[0].name}) but torch sees none")
     if require_gpu:

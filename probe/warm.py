@@ -41,12 +41,37 @@ def cache_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get("TRITON_CACHE_DIR") or DEFAULT_CACHE)
 
 
-def snapshot(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file with its mtime and size: a rewritten cache entry counts as written, not only a new one."""
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.is_file()}
+
+
+def written(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
+    return sorted(name for name, stamp in after.items() if before.get(name) != stamp)
+
+
+def _driver_symbols() -> list[str]:
+    """Every cu* name triton's NVIDIA driver glue mentions (driver.c and the launcher template in driver.py)."""
+    import re  # noqa: PLC0415
+
+    from triton.backends.nvidia import driver as nvidia  # noqa: PLC0415
+
+    here = Path(nvidia.__file__).parent
+    text = "".join(p.read_text(errors="ignore") for p in (here / "driver.c", here / "driver.py") if p.exists())
+    names = set(re.findall(r"\b(cu[A-Z][A-Za-z0-9_]*)\b", text))
+    # cuda.h maps some names to versioned entry points (cuMemGetInfo -> cuMemGetInfo_v2)
+    return sorted(names | {f"{n}_v2" for n in names} | {f"{n}_v3" for n in names})
 
 
 def build_stub(root: Path) -> Path:
-    """An empty libcuda.so.1 (right SONAME) to link and load launcher modules where no driver exists."""
+    """A stand-in libcuda.so.1 defining every driver entry point the host modules use (each returns an error).
+
+    Defined symbols matter twice: the linker (often --as-needed) records NEEDED libcuda.so.1 only when the
+    library provides a used symbol, so on a GPU the real driver is loaded and bound; and without a driver the
+    modules can still be loaded (to check the cache) because every symbol resolves against the stub.
+    """
     stub_dir = root / STUB_DIR
     stub = stub_dir / "libcuda.so.1"
     if stub.exists():
@@ -55,11 +80,14 @@ def build_stub(root: Path) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler to build the stub libcuda.so.1 (gcc needed at warm time)")
     stub_dir.mkdir(parents=True, exist_ok=True)
+    body = "".join(f"int {name}(void) {{ return 999; }}\n" for name in _driver_symbols())  # CUDA_ERROR_UNKNOWN
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "stub.c"
-        src.write_text("void imagefactory_libcuda_stub(void) {}\n")
-        subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(stub), str(src)],
+        src.write_text(body)
+        built = Path(tmp) / "libcuda.so.1"
+        subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(built), str(src)],
                        check=True, capture_output=True)
+        shutil.move(str(built), stub)  # whole file or nothing
     return stub_dir
 
 
@@ -216,19 +244,19 @@ def warm(sm: int, root: Path, *, build_modules: bool = True) -> WarmReport:
                 t0 = time.perf_counter()
                 files = snapshot(root)
                 nvidia.CudaUtils()
-                report.modules.append({"name": "cuda_utils", "built": len(snapshot(root) - files) > 0,
+                report.modules.append({"name": "cuda_utils", "built": bool(written(files, snapshot(root))),
                                        "seconds": round(time.perf_counter() - t0, 3)})
                 for name, ck in compiled:
                     t0 = time.perf_counter()
                     files = snapshot(root)
                     nvidia.CudaLauncher(ck.src, ck.metadata)
-                    report.modules.append({"name": f"launcher:{name}", "built": len(snapshot(root) - files) > 0,
+                    report.modules.append({"name": f"launcher:{name}", "built": bool(written(files, snapshot(root))),
                                            "seconds": round(time.perf_counter() - t0, 3)})
     except Exception as exc:  # reported as one line by the caller
         from probe.results import one_line  # noqa: PLC0415
 
         report.error = one_line(exc)
-    report.new_files = sorted(snapshot(root) - before)
+    report.new_files = written(before, snapshot(root))
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
@@ -271,4 +299,4 @@ def gpu_launch_all(dtype_name: str, root: Path) -> tuple[list[dict[str, Any]], l
         for _name, kernel, args, config in kernel_launches(dtype_name, "cuda"):
             kernel[(1,)](*args, **config)
         torch.cuda.synchronize()
-    return list(events), sorted(snapshot(root) - before)
+    return list(events), written(before, snapshot(root))
