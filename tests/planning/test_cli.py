@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -149,3 +150,23 @@ def test_python_dash_m_entry_point() -> None:
                           text=True, cwd=REPO, timeout=60, check=False)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and "did you mean: hopper-cu130" in done.stderr
+
+
+def test_nox_lists_one_build_session_per_target() -> None:
+    nox = Path(sys.executable).parent / "nox"
+    if not nox.exists():
+        pytest.skip("nox not installed in this interpreter's environment")
+    done = subprocess.run([str(nox), "-l"], capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    for name in ("build-ampere-cu121", "build-hopper-cu130", "build-blackwell-cu128", "build-cdna3-rocm6.2",
+                 "gate-hopper-cu130", "push-hopper-cu130", "build-all", "bootstrap-base", "render", "tests", "lint"):
+        assert re.search(rf"^[*-] {re.escape(name)}\b.* -> \S", done.stdout, re.M), name
+
+
+def test_make_help_lists_the_wrappers() -> None:
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    done = subprocess.run(["make", "-s", "help"], capture_output=True, text=True, cwd=REPO, timeout=60, check=False)
+    assert done.returncode == 0
+    for name in ("venv", "render", "check", "test", "build/%", "gate/%", "push/%", "bootstrap"):
+        assert re.search(rf"^  {re.escape(name)}\s+\S", done.stdout, re.M), name
