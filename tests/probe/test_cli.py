@@ -1,0 +1,162 @@
+"""CPU tests of the command contract: report, JSON document and schema, exit codes, --expect, stdlib-only import."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from probe import cli, expect, verify
+from probe.detect import parse_nvidia_smi
+from probe.results import Status
+from tests.probe.conftest import fake_detection, h100
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = json.loads((ROOT / "probe" / "schema.json").read_text())
+
+
+def run_json(capsys, *args: str) -> tuple[int, dict]:
+    code = cli.main(["--json", *args])
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.validate(doc, SCHEMA)
+    return code, doc
+
+
+def statuses(doc: dict) -> dict[str, str]:
+    return {c["name"]: c["status"] for c in doc["checks"]}
+
+
+def test_cpu_host_passes_with_stated_skips(cpu_host, capsys):
+    code, doc = run_json(capsys)
+    assert code == 0 and doc["ok"] and doc["exit_code"] == 0
+    checks = statuses(doc)
+    assert checks["gpu.visible"] == "skip" and checks["bench.matmul_bf16"] == "skip"
+    assert all(c["reason"] for c in doc["checks"])
+    assert doc["decisions"]["dtype"]["value"] == "float32"
+    assert doc["detection"]["gpu_count"] == 0
+
+
+def test_require_gpu_turns_the_skip_into_a_failure(cpu_host, capsys):
+    code, doc = run_json(capsys, "--require-gpu")
+    assert code == 1 and statuses(doc)["gpu.visible"] == "fail"
+
+
+def test_expect_mismatch_fails_and_shows_both_values(cpu_host, capsys):
+    code, doc = run_json(capsys, "--expect", "torch=2.11.0", "--expect", "cuda=13.0")
+    assert code == 1
+    bad = next(c for c in doc["checks"] if c["name"] == "expect.torch")
+    assert bad["status"] == "fail" and "2.11.0" in bad["reason"] and "2.14.1" in bad["reason"]
+    assert statuses(doc)["expect.cuda"] == "pass"
+
+
+def test_expectations_from_environment(cpu_host, capsys, monkeypatch):
+    monkeypatch.setenv("PROBE_EXPECT_PYTHON", "3.12")
+    monkeypatch.setenv("PROBE_EXPECT_VENDOR", "nvidia")  # no GPU: compared with torch's CUDA build
+    code, doc = run_json(capsys)
+    assert code == 1
+    assert statuses(doc)["expect.python"] == "fail" and statuses(doc)["expect.vendor"] == "pass"
+    assert doc["expected"] == {"python": "3.12", "vendor": "nvidia"}
+
+
+def test_command_line_expectation_overrides_environment(monkeypatch):
+    assert expect.parse(["torch=2.14.1"], {"PROBE_EXPECT_TORCH": "2.11.0"}) == {"torch": "2.14.1"}
+
+
+def test_model_size_adds_a_memory_plan(cpu_host, capsys):
+    _, doc = run_json(capsys, "--model-size", "8b")
+    assert doc["decisions"]["memory"]["params"] == 8_000_000_000
+
+
+@pytest.mark.parametrize("args", [["--expect", "colour=blue"], ["--expect", "torch"], ["--model-size", "big"],
+                                  ["--bogus"], ["smoke", "--steps", "2"], ["warm"], ["warm", "--sm", "ninety"]])
+def test_usage_errors_exit_2_with_one_line(cpu_host, capsys, args):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "error" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_unknown_environment_expectation_is_a_usage_error(cpu_host, capsys, monkeypatch):
+    monkeypatch.setenv("PROBE_EXPECT_COLOUR", "blue")
+    assert cli.main([]) == 2
+    assert "PROBE_EXPECT_COLOUR" in capsys.readouterr().err
+
+
+def test_readable_report(cpu_host, capsys):
+    assert cli.main(["--model-size", "1b"]) == 0
+    out = capsys.readouterr().out
+    for heading in ("Detection", "Decisions", "Checks", "OK: "):
+        assert heading in out
+    assert "skip  gpu.visible" in out and "memory     4-bit=" in out
+
+
+def test_missing_torch_is_a_clear_failure_not_a_crash(monkeypatch, capsys):
+    import probe.detect
+
+    monkeypatch.setattr(probe.detect, "detect", lambda with_torch=True: fake_detection(torch=False))
+    code, doc = run_json(capsys)
+    assert code == 1
+    bad = next(c for c in doc["checks"] if c["status"] == "fail")
+    assert bad["name"] == "torch.import" and "No module named 'torch'" in bad["reason"]
+
+
+def test_detection_imports_with_the_standard_library_alone():
+    code = ("import sys; import probe.cli, probe.detect, probe.decide, probe.verify, probe.report, probe.warm; "
+            "heavy = {'torch', 'triton', 'bitsandbytes', 'numpy'} & set(sys.modules); print(sorted(heavy))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_bare_run_in_a_subprocess_prints_valid_json(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROBE_EXPECT_")}
+    done = subprocess.run([sys.executable, "-m", "probe", "--json"], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)
+    doc = json.loads(done.stdout)
+    jsonschema.validate(doc, SCHEMA)
+    assert done.returncode == doc["exit_code"] and "Traceback" not in done.stderr
+
+
+def test_nvidia_smi_rows_parse():
+    gpus, driver = parse_nvidia_smi("0, NVIDIA H200, 9.0, 143771, 143156, 580.159.04\n"
+                                    "1, Tesla V100-SXM2-16GB, 7.0, 16384, 16000, 580.159.04\n")
+    assert driver == "580.159.04"
+    assert [(g.name, g.cc, g.vram_total_mib) for g in gpus] == [("NVIDIA H200", (9, 0), 143771),
+                                                                 ("Tesla V100-SXM2-16GB", (7, 0), 16384)]
+
+
+@pytest.mark.parametrize("arch,status", [(("sm_80", "sm_90"), Status.PASS), (("sm_80", "compute_80"), Status.WARN),
+                                         (("sm_100", "sm_120"), Status.FAIL)])
+def test_sm_coverage_native_ptx_or_missing(arch, status):
+    assert verify.sm_covered(fake_detection(gpus=[h100()], arch=arch)).status is status
+
+
+@pytest.mark.parametrize("torch_cuda,driver_cuda,status", [("13.0", "13.0", Status.PASS), ("12.8", "13.0", Status.PASS),
+                                                           ("12.8", "12.4", Status.PASS), ("13.0", "12.9", Status.FAIL)])
+def test_driver_new_enough(torch_cuda, driver_cuda, status):
+    det = fake_detection(gpus=[h100()], cuda=torch_cuda, driver_cuda=driver_cuda)
+    assert verify.driver_new_enough(det).status is status
+
+
+def test_gpu_listed_but_invisible_to_torch_fails_unless_hidden(monkeypatch):
+    det = fake_detection(gpus=[h100()])
+    det = type(det)(**{**det.__dict__, "torch": det.torch.__class__(**{**det.torch.__dict__,
+                                                                          "cuda_available": False})})
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert verify.gpu_visible(det, False).status is Status.FAIL
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert verify.gpu_visible(det, False).status is Status.SKIP
+
+
+def test_benchmark_below_70_percent_warns_but_does_not_fail():
+    check = verify._against("bench.matmul_bf16", "matmul", 600.0, "TFLOP/s", 989.0, "NVIDIA H100")
+    assert check.status is Status.WARN and "61%" in check.reason
+    assert verify._against("bench.copy_d2d", "copy", 3000.0, "GB/s", 3350.0, "H100").status is Status.PASS
+
+
+@pytest.mark.parametrize("text,sms", [("90", [90]), ("9.0", [90]), ("90,89", [90, 89]), ("sm_80, 8.6", [80, 86])])
+def test_warm_sm_lists(text, sms):
+    assert cli.parse_sms(text) == sms
