@@ -1,0 +1,134 @@
+"""Client detection, CLI errors and the gate's tag-only-on-pass rule, against fake docker clients."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from imagefactory.docker import DockerClient, DockerSetupError, detect
+from imagefactory.gate import gate_image, require_pass
+from imagefactory.errors import GateFailedError
+
+HELP_WITH_SECRET = 'build\\ --help) [ "$DOCKER_BUILDKIT" = 1 ] && echo "  --secret stringArray" && exit 0; exit 1 ;;'
+SERVER_20 = 'version\\ *) echo 20.10.24+dfsg1 ;;'
+
+
+def test_buildx_is_preferred(fake_docker):
+    client = detect(str(fake_docker('buildx\\ version) echo "buildx v0.12" ;;\n' + SERVER_20)))
+    assert client.mode == "buildx"
+    assert client.build_argv()[1:3] == ["buildx", "build"]
+
+
+def test_classic_client_with_buildkit(fake_docker):
+    client = detect(str(fake_docker('buildx\\ *) exit 1 ;;\n' + HELP_WITH_SECRET + "\n" + SERVER_20)))
+    assert client.mode == "classic" and client.build_env == {"DOCKER_BUILDKIT": "1"}
+
+
+def test_client_refusing_buildkit_says_what_to_install(fake_docker):
+    refuses = fake_docker('buildx\\ *) exit 1 ;;\nbuild\\ --help) echo "ERROR: BuildKit is enabled but the buildx component is missing" >&2; exit 1 ;;')
+    with pytest.raises(DockerSetupError, match="no BuildKit-capable docker client.*docker.io") as info:
+        detect(str(refuses))
+    assert info.value.exit_code == 2
+
+
+def test_the_first_capable_client_on_path_wins(fake_docker, tmp_path, monkeypatch):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    fake_docker('buildx\\ *) exit 1 ;;\nbuild\\ --help) exit 1 ;;', name="bad/docker")
+    good = fake_docker('buildx\\ *) exit 1 ;;\n' + HELP_WITH_SECRET + "\n" + SERVER_20)
+    monkeypatch.setenv("PATH", f"{bad}:{good.parent}")
+    assert detect().executable == str(good)
+
+
+def test_no_daemon(fake_docker):
+    down = fake_docker('buildx\\ *) exit 1 ;;\n' + HELP_WITH_SECRET + '\nversion\\ *) echo "Cannot connect to the Docker daemon" >&2; exit 1 ;;')
+    with pytest.raises(DockerSetupError, match="no Docker daemon answers.*Cannot connect"):
+        detect(str(down))
+
+
+def test_daemon_too_old(fake_docker):
+    old = fake_docker('buildx\\ *) exit 1 ;;\n' + HELP_WITH_SECRET + '\nversion\\ *) echo 18.06.3-ce ;;')
+    with pytest.raises(DockerSetupError, match="too old"):
+        detect(str(old))
+
+
+def test_cli_build_without_usable_docker_is_one_line_exit_2(fake_docker):
+    refuses = fake_docker('*) exit 1 ;;')
+    done = subprocess.run([sys.executable, "-m", "imagefactory", "build", "hopper-cu130", "--docker", str(refuses)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "BuildKit" in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_unknown_target_fails_before_docker(fake_docker):
+    done = subprocess.run([sys.executable, "-m", "imagefactory", "build", "hoper-cu130", "--docker", "/nonexistent"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 2 and "hopper-cu130" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---- the gate -------------------------------------------------------------------------------------
+
+IMAGE = "sha256:" + "ab" * 32
+
+
+def probe_report(status: str) -> str:
+    return json.dumps({"checks": [{"name": "expect.torch", "status": status, "reason": "torch 2.14.1 vs declared"}]})
+
+
+def gate_docker(fake_docker, probe_status: str, smoke_exit: int = 0):
+    probe_exit = 0 if probe_status != "fail" else 1
+    return DockerClient(str(fake_docker(
+        f"*probe\\ smoke*) echo '{probe_report('pass')}'; exit {smoke_exit} ;;\n"
+        f"*probe\\ --json*) echo '{probe_report(probe_status)}'; exit {probe_exit} ;;\n"
+        "tag\\ *) exit 0 ;;")), "classic", "20.10.24")
+
+
+def test_gate_pass_tags_floating_and_immutable(fake_docker, hopper, tmp_path):
+    client = gate_docker(fake_docker, "pass")
+    result = gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path / "reports", gpus=False)
+    assert result.passed and result.mode == "cpu"
+    calls = fake_docker.log.read_text().splitlines()
+    assert [c for c in calls if c.startswith("tag")] == [
+        f"tag {IMAGE} imagefactory:hopper-cu130",
+        f"tag {IMAGE} imagefactory:hopper-cu130-latest",
+        f"tag {IMAGE} imagefactory:hopper-cu130-torch2.14.1-r1",
+    ]
+    assert all("--network none" in c for c in calls if c.startswith("run"))
+    assert not any("--gpus" in c for c in calls)
+    report = json.loads((tmp_path / "reports" / "hopper-cu130" / "gate.json").read_text())
+    assert report["result"] == "passed" and report["image_id"] == IMAGE and report["target"] == "hopper-cu130"
+
+
+def test_gate_failure_tags_nothing_keeps_the_report_and_names_the_check(fake_docker, hopper, tmp_path):
+    client = gate_docker(fake_docker, "fail")
+    reports = tmp_path / "reports"
+    result = gate_image(client, hopper, IMAGE, release="r1", reports_dir=reports, gpus=True)
+    assert not result.passed and result.mode == "gpu"
+    calls = fake_docker.log.read_text().splitlines()
+    assert not [c for c in calls if c.startswith("tag")]
+    assert len([c for c in calls if c.startswith("run")]) == 1  # smoke is not run after a failed probe
+    assert "--gpus all" in calls[0]
+    assert json.loads((reports / "hopper-cu130" / "gate.json").read_text())["result"] == "failed"
+    assert (reports / "hopper-cu130" / "probe.json").exists()
+    with pytest.raises(GateFailedError) as info:
+        require_pass(result, reports)
+    assert info.value.details == ("probe: expect.torch: torch 2.14.1 vs declared",)
+
+
+def test_gate_fails_on_a_smoke_exit_code_even_without_failed_checks(fake_docker, hopper, tmp_path):
+    client = gate_docker(fake_docker, "pass", smoke_exit=1)
+    result = gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path, gpus=False)
+    assert not result.passed
+    assert result.failing[0].startswith("smoke: exit 1")
+    assert not [c for c in fake_docker.log.read_text().splitlines() if c.startswith("tag")]
+
+
+def test_require_gpu_reaches_the_probe(fake_docker, hopper, tmp_path):
+    client = gate_docker(fake_docker, "pass")
+    gate_image(client, hopper, IMAGE, release="r1", require_gpu=True, reports_dir=tmp_path, gpus=False)
+    assert "probe --json --require-gpu" in fake_docker.log.read_text()

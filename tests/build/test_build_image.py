@@ -1,0 +1,188 @@
+"""The built hopper-cu130 image, inspected from outside (needs Docker; builds once per session).
+
+The session fixture builds through the real CLI (`python -m imagefactory build hopper-cu130`), so the
+gate runs too. With `--bnb-source PATH` (or IMAGEFACTORY_BNB_SOURCE) bitsandbytes is compiled from
+that local tree and the SASS test insists on sm_90 only; without it the wheel path (CI: no GitHub)
+or the upstream tag is used, as the build log says.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from imagefactory.build import HOST_CA_BUNDLE, extra_certificates
+from imagefactory.docker import detect, image_inspect
+from imagefactory.render import REPO_ROOT
+
+pytestmark = pytest.mark.docker
+
+TARGET = "hopper-cu130"
+RELEASE = "test"
+SITE = "/opt/venv/lib/python3.11/site-packages"
+
+
+class Built:
+    def __init__(self, returncode: int, output: str, image_id: str | None, bnb_tree: str | None) -> None:
+        self.returncode, self.output, self.image_id, self.bnb_tree = returncode, output, image_id, bnb_tree
+
+
+@pytest.fixture(scope="session")
+def built(request) -> Built:
+    bnb_tree = request.config.getoption("--bnb-source")
+    argv = [sys.executable, "-m", "imagefactory", "build", TARGET, "--release", RELEASE, "--quiet"]
+    if bnb_tree:
+        argv += ["--bnb-source", bnb_tree]
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    record = REPO_ROOT / "reports" / TARGET / "build.json"
+    image_id = json.loads(record.read_text()).get("image_id") if record.exists() else None
+    if image_id is None:
+        pytest.fail(f"build of {TARGET} produced no image (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return Built(done.returncode, done.stderr, image_id, bnb_tree)
+
+
+@pytest.fixture(scope="session")
+def client():
+    return detect()
+
+
+@pytest.fixture(scope="session")
+def config(built, client) -> dict:
+    info = image_inspect(client, built.image_id)
+    assert info is not None
+    return info["Config"]
+
+
+def in_image(client, image: str, script: str) -> str:
+    done = subprocess.run([client.executable, "run", "--rm", "--network", "none", image, "sh", "-c", script],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_gate_passed_and_tagged_the_image(built, client):
+    assert built.returncode == 0, built.output[-3000:]
+    gate = json.loads((REPO_ROOT / "reports" / TARGET / "gate.json").read_text())
+    assert gate["result"] == "passed" and gate["image_id"] == built.image_id
+    for ref in (f"imagefactory:{TARGET}", f"imagefactory:{TARGET}-latest", f"imagefactory:{TARGET}-torch2.14.1-{RELEASE}"):
+        assert image_inspect(client, ref)["Id"] == built.image_id, ref
+
+
+def test_build_says_where_bitsandbytes_came_from(built, config):
+    source = config["Labels"]["io.imagefactory.bitsandbytes-source"]
+    assert source == ("local" if built.bnb_tree else source)
+    assert source in {"git", "local", "wheel"}
+    assert "bitsandbytes" in built.output and (source != "wheel" or "fallback" in built.output or "PyPI wheel" in built.output)
+
+
+def test_labels(config, built):
+    labels = config["Labels"]
+    expected = {
+        "io.imagefactory.target": TARGET, "io.imagefactory.sm": "9.0", "io.imagefactory.cuda": "13.0",
+        "io.imagefactory.torch": "2.14.1", "io.imagefactory.triton": "3.8.0", "io.imagefactory.python": "3.11",
+        "io.imagefactory.sbom": "/opt/imagefactory/sbom.cdx.json",
+    }
+    assert {k: labels.get(k) for k in expected} == expected
+    assert labels["io.imagefactory.bitsandbytes"].startswith("0.5")
+    assert len(labels["io.imagefactory.revision"].split("-")[0]) == 40
+    assert labels["org.opencontainers.image.revision"] == labels["io.imagefactory.revision"]
+    assert labels["org.opencontainers.image.created"].startswith("20")
+
+
+def test_runtime_user_is_not_root(config, client, built):
+    assert config["User"] == "1000:1000"
+    assert in_image(client, built.image_id, "id -u; id -g").split() == ["1000", "1000"]
+
+
+def test_expected_identity_and_cache_dir_are_set(config):
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["TRITON_CACHE_DIR"] == "/opt/triton-cache"
+    assert env["PROBE_EXPECT_TARGET"] == TARGET and env["PROBE_EXPECT_SM"] == "9.0"
+    assert env["PROBE_EXPECT_WARM_CACHE"] == "1"
+    assert env["PYTHONPATH"] == "/opt/imagefactory"
+
+
+def test_no_compiler_toolchain_in_the_runtime_image(client, built):
+    out = in_image(client, built.image_id,
+                   "for t in gcc cc g++ nvcc cmake ninja; do command -v $t; done; ls -d /opt/toolchain /opt/cuda /opt/sbom-tool 2>/dev/null; "
+                   f"ls {SITE}/nvidia/cu13/bin 2>/dev/null | grep -E '^(nvcc|ptxas)$'; true")
+    assert out.strip() == ""
+
+
+def test_one_bitsandbytes_library_for_the_toolkit_plus_cpu(client, built):
+    libs = in_image(client, built.image_id, f"cd {SITE}/bitsandbytes && ls libbitsandbytes_*").split()
+    assert sorted(libs) == ["libbitsandbytes_cpu.so", "libbitsandbytes_cuda130.so"]
+
+
+def _cuobjdump() -> Path:
+    import nvidia  # noqa: PLC0415 - from the dev extra nvidia-cuda-cuobjdump
+
+    for root in map(Path, nvidia.__path__):
+        found = sorted(root.glob("cu*/bin/cuobjdump"))
+        if found:
+            return found[0]
+    pytest.fail("cuobjdump not found: pip install nvidia-cuda-cuobjdump (dev extra)")
+
+
+def test_bitsandbytes_library_holds_sass_for_sm90(client, built, tmp_path):
+    lib = tmp_path / "libbitsandbytes_cuda130.so"
+    container = subprocess.run([client.executable, "create", built.image_id], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        subprocess.run([client.executable, "cp", f"{container}:{SITE}/bitsandbytes/{lib.name}", str(lib)], check=True)
+    finally:
+        subprocess.run([client.executable, "rm", container], capture_output=True, check=False)
+    listing = subprocess.run([str(_cuobjdump()), "--list-elf", str(lib)], capture_output=True, text=True, check=True).stdout
+    arches = {part.split(".")[0] for line in listing.splitlines() for part in line.split() if part.startswith("sm_")}
+    assert "sm_90" in arches, listing[:500]
+    if built.bnb_tree:
+        assert arches == {"sm_90"}, f"compiled for exactly the target SM, found {sorted(arches)}"
+
+
+def test_triton_cache_holds_kernels_for_sm90_and_launcher_modules(client, built):
+    script = ("cd /opt/triton-cache && find . -name '*.json' ! -name '__grp__*' -exec cat {} + | "
+              "python -c \"import sys,json,re; d=sys.stdin.read(); print(sorted(set(re.findall(r'\\\"arch\\\": ?(\\\\d+)', d))))\"; "
+              "find . -name '*.so' | sed 's|.*/||' | sort -u")
+    out = in_image(client, built.image_id, script).splitlines()
+    assert out[0] == "['90']", out
+    modules = out[1:]
+    assert any(m.startswith("cuda_utils") for m in modules), modules
+    assert any("launcher" in m for m in modules), modules
+
+
+def test_sbom_lists_the_venv(client, built):
+    sbom = json.loads(in_image(client, built.image_id, "cat /opt/imagefactory/sbom.cdx.json"))
+    assert sbom["bomFormat"] == "CycloneDX"
+    names = {c["name"] for c in sbom["components"]}
+    assert {"torch", "triton", "bitsandbytes", "transformers"} <= names
+
+
+def test_no_layer_holds_the_ca_bundle_or_a_secret(client, built, tmp_path):
+    if not HOST_CA_BUNDLE.is_file():
+        pytest.skip("host has no CA bundle")
+    base_bundle = subprocess.run([client.executable, "run", "--rm", "--network", "none", "imagefactory/base:bookworm-build",
+                                  "cat", "/etc/ssl/certs/ca-certificates.crt"], capture_output=True, check=False).stdout
+    secret_certs = extra_certificates(HOST_CA_BUNDLE.read_bytes(), base_bundle)
+    if not secret_certs:
+        pytest.skip("the host trusts no certificate beyond the image's: no proxy CA to leak")
+    archive = tmp_path / "image.tar"
+    subprocess.run([client.executable, "save", "-o", str(archive), built.image_id], check=True)
+    leaks = []
+    with tarfile.open(archive) as outer:
+        for member in outer.getmembers():
+            if not member.name.endswith("layer.tar"):
+                continue
+            with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as layer:  # streamed: layers are GBs
+                for entry in layer:
+                    if entry.name.startswith("run/secrets"):
+                        leaks.append(f"{member.name}: {entry.name}")
+                    if not entry.isfile() or entry.size > 50_000_000:
+                        continue
+                    data = layer.extractfile(entry).read()
+                    if b"BEGIN CERTIFICATE" in data and any(cert in data for cert in secret_certs):
+                        leaks.append(f"{member.name}: {entry.name}")
+    assert not leaks
