@@ -62,7 +62,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     result = publish(tags, report, target.id, repo, CliDocker(), Registry(repo), say=lambda m: print(m, flush=True),
                      allow_cpu_gate=args.allow_cpu_gate)
     record = write_release_record(result, target.id, args.reports_dir)
-    print(f"published {repo}:{tags.immutable} ({result.digest}); floating: {', '.join(tags.floating)}; record: {record}")
+    verb = "already published" if result.already_there else "published"
+    print(f"{verb} {repo}:{tags.immutable} ({result.digest}); floating: {', '.join(tags.floating)}; record: {record}")
     return 0
 
 
