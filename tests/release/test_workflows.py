@@ -41,7 +41,7 @@ def test_all_workflows_pass_actionlint() -> None:
 @pytest.mark.parametrize(
     ("original", "planted", "expected"),
     [
-        ("needs: [matrix, build]", "needs: [matrix, buidl]", 'needs job "buidl" which does not exist'),
+        ("needs: [matrix, bases, build]", "needs: [matrix, bases, buidl]", 'needs job "buidl" which does not exist'),
         ("needs.matrix.outputs.matrix)", "needs.matrix.outputs.matrx)", 'property "matrx" is not defined'),
         ("[self-hosted, gpu, ", "[self-hosted, gpux, ", 'label "gpux" is unknown'),
     ],
