@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,30 +266,37 @@ def read_gpu() -> tuple[str, str]:
     return sm, driver
 
 
-def registry_tags(repo: str, timeout: float = 20.0) -> list[str]:
-    """Tag list of `host[:port]/name` through the registry HTTP API (anonymous token when asked)."""
+def registry_tags(repo: str, timeout: float = 20.0, page: int = 1000) -> list[str]:
+    """Tag list of `host[:port]/name` through the registry HTTP API: pages followed through the
+    `Link: <…>; rel="next"` header, an anonymous bearer token fetched when the registry asks."""
     host, _, name = repo.partition("/")
     if not name or ("." not in host and ":" not in host and host != "localhost"):
         host, name = "registry-1.docker.io", repo if "/" in repo else f"library/{repo}"
-    scheme = "http" if host.split(":")[0] in ("127.0.0.1", "localhost") else "https"
-    url = f"{scheme}://{host}/v2/{name}/tags/list?n=10000"
+    base = f"{'http' if host.split(':')[0] in ('127.0.0.1', 'localhost') else 'https'}://{host}"
+    url: str | None = f"{base}/v2/{name}/tags/list?n={page}"
     headers: dict[str, str] = {}
-    for _attempt in range(2):
+    tags: list[str] = []
+    while url:
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
-                return list(json.load(response).get("tags") or [])
+                tags += json.load(response).get("tags") or []
+                following = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', response.headers.get("Link", ""))
+                url = urllib.parse.urljoin(base, following.group(1)) if following else None
         except urllib.error.HTTPError as error:
             challenge = error.headers.get("WWW-Authenticate", "")
             if error.code != 401 or headers or not challenge.startswith("Bearer "):
                 raise SelectError(f"registry {host}: GET tags of {name} failed: HTTP {error.code}") from None
             fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-            token_url = f"{fields['realm']}?service={fields.get('service', '')}&scope={fields.get('scope', f'repository:{name}:pull')}"
-            with urllib.request.urlopen(token_url, timeout=timeout) as response:
-                token = json.load(response)
+            query = urllib.parse.urlencode({"service": fields.get("service", ""), "scope": fields.get("scope", f"repository:{name}:pull")})
+            try:
+                with urllib.request.urlopen(f"{fields.get('realm', '')}?{query}", timeout=timeout) as response:
+                    token = json.load(response)
+            except (urllib.error.URLError, OSError, ValueError) as token_error:
+                raise SelectError(f"registry {host}: anonymous token refused ({token_error})") from None
             headers = {"Authorization": f"Bearer {token.get('token') or token.get('access_token')}"}
         except (urllib.error.URLError, OSError) as error:
             raise SelectError(f"registry {host}: cannot reach it ({getattr(error, 'reason', error)})") from None
-    raise SelectError(f"registry {host}: not authorised to list {name}")
+    return tags
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,3 +174,14 @@ def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Pa
     assert capsys.readouterr().out == f"{repo}:hopper-cu130-torch2.14.1-20261127\n"
     assert select_main(["--repo", str(repo), "--gpu-sm", "9.0", "--driver", "570.86"]) == 1
     assert "driver 570.86 is too old" in capsys.readouterr().err
+
+
+def test_probe_select_reads_the_registry_tag_list(tmp_path: Path, repo: RepoRef) -> None:
+    from probe.select import registry_tags  # noqa: PLC0415
+
+    image = tiny_image(tmp_path, "a")
+    tags = ["hopper-cu130", "hopper-cu130-latest", "ampere-cu130", "ampere-cu130-latest", "blackwell-cu130"]
+    for tag in tags:
+        docker("tag", image, f"{repo}:{tag}")
+        docker("push", f"{repo}:{tag}")
+    assert sorted(registry_tags(str(repo), page=2)) == sorted(tags)  # (docker-registry 2.8 sends one page)

@@ -167,3 +167,48 @@ def test_builtin_tables_match_matrix_yaml() -> None:
     for toolkit in matrix.toolkits.values():
         if toolkit.kind == "cuda":
             assert driver_floor(toolkit.version) == int(toolkit.driver_floor), toolkit.id
+
+
+def test_registry_tag_list_pages_and_anonymous_token() -> None:
+    """A registry that pages (Link: rel="next") and wants a bearer token, as ghcr.io and Docker Hub do."""
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from probe.select import registry_tags  # noqa: PLC0415
+
+    pages = {"/v2/org/if/tags/list?n=2": (["a-cu130", "a-cu130-latest"], "/v2/org/if/tags/list?n=2&last=a-cu130-latest"),
+             "/v2/org/if/tags/list?n=2&last=a-cu130-latest": (["b-cu130"], None)}
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.path)
+            if self.path.startswith("/token"):
+                body, headers = json.dumps({"token": "t0k"}).encode(), {}
+            elif self.headers.get("Authorization") != "Bearer t0k":
+                realm = f"http://127.0.0.1:{self.server.server_port}/token"
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", f'Bearer realm="{realm}",service="test",scope="repository:org/if:pull"')
+                self.end_headers()
+                return
+            else:
+                tags, following = pages[self.path]
+                body = json.dumps({"name": "org/if", "tags": tags}).encode()
+                headers = {"Link": f'<{following}>; rel="next"'} if following else {}
+            self.send_response(200)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tags = registry_tags(f"127.0.0.1:{server.server_port}/org/if", page=2)
+    finally:
+        server.shutdown()
+    assert tags == ["a-cu130", "a-cu130-latest", "b-cu130"]
+    assert [path.split("?")[0] for path in seen] == ["/v2/org/if/tags/list", "/token", "/v2/org/if/tags/list", "/v2/org/if/tags/list"]
