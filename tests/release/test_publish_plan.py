@@ -201,3 +201,15 @@ def test_floating_tags_moved_from_an_existing_immutable_tag_are_pulled_first(tmp
     publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert world.events == [f"pull {REPO}@{first.digest}", "push hopper-cu130", "push hopper-cu130-latest"]
     assert world.remote["hopper-cu130-latest"].digest == first.digest
+
+
+def test_tags_agree_with_planning_immutable_tag() -> None:
+    """The gate tags locally with planning's immutable_tag(); push must publish the very same names."""
+    from imagefactory.expand import all_targets  # noqa: PLC0415
+    from imagefactory.matrix import load_matrix  # noqa: PLC0415
+    from imagefactory.model import immutable_tag  # noqa: PLC0415
+
+    for target in all_targets(load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml")):
+        tags = release_tags(target.id, target.torch.version, "2026.11.0")
+        assert tags.immutable == immutable_tag(target, "2026.11.0")
+        assert tags.floating == tuple(target.tags)
