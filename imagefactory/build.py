@@ -37,6 +37,9 @@ BNB_STAGE = BUILD_DIR / "bnb-src"  # where a local bitsandbytes tree is staged (
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 IMAGE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 GIT_TIMEOUT_S = 20
+# How BuildKit says that a FROM image could not be fetched.
+PULL_FAILURES = ("failed to do request", "pull access denied", "failed to resolve source metadata",
+                 "no such host", "i/o timeout", "connection refused")
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,12 @@ def build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line:
             secrets={"ca": ca_bundle} if ca_bundle else {}, log=log, show=opts.show_output, on_line=on_line,
         )
         if not done.ok or not iidfile.exists():
-            raise BuildFailedError(f"{target.id}: docker build failed: {_build_error(done.tail)} (log: {log})")
+            error = _build_error(done.tail)
+            unpullable = [ref for ref in (target.base.build, target.base.runtime) if not image_exists(client, ref)]
+            if unpullable and any(sign in error for sign in PULL_FAILURES):
+                raise BuildFailedError(f"{target.id}: base image {unpullable[0]} is not here and cannot be pulled "
+                                       f"(no registry reachable): build this target where one is (log: {log})")
+            raise BuildFailedError(f"{target.id}: docker build failed: {error} (log: {log})")
         image_id = iidfile.read_text().strip()
         result = replace(result, stage="gate" if opts.gate else "done", image_id=image_id, size_bytes=image_size(client, image_id))
         _write_record(out_dir, result, start)
@@ -277,13 +285,18 @@ def human_size(size: int | None) -> str:
     return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
 
 
+REASON_WIDTH = 200  # the whole reason is in reports/<target>/build.json
+
+
 def summary_table(results: Sequence[BuildResult]) -> Table:
     table = Table(title="imagefactory build", title_justify="left")
     for column in ("target", "result", "duration", "image size", "reason"):
         table.add_column(column, overflow="fold")
     for r in results:
         verdict = "[green]passed[/]" if r.ok else f"[red]failed[/] ({r.stage})"
-        table.add_row(r.target, verdict, f"{r.duration_s:.0f} s", human_size(r.size_bytes), escape(r.reason or ", ".join(r.tags)))
+        reason = r.reason or ", ".join(r.tags)
+        reason = reason if len(reason) <= REASON_WIDTH else reason[: REASON_WIDTH - 1] + "…"
+        table.add_row(r.target, verdict, f"{r.duration_s:.0f} s", human_size(r.size_bytes), escape(reason))
     return table
 
 

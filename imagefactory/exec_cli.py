@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -81,7 +82,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         ca_bundle=args.ca_bundle,
         show_output=len(targets) == 1 and not args.quiet,
     )
-    console = Console(stderr=True, highlight=False)
+    # Wide when logged (CI): an 80-column table folds every reason into a tall column.
+    console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
     results = build_many(client, targets, opts, console)
     for result in results:
         if result.ok and not opts.gate:
