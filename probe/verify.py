@@ -240,8 +240,12 @@ def warm_cache(det: Detection, expected: dict[str, str]) -> Check | None:
             numbers = {"cache_dir": str(root), "launches": len(events), "compiles": len(misses),
                        "new_files": len(new_files)}
             if misses or new_files:
+                hint = ""
+                stub = warm.stub_dir_for(root)
+                if stub.exists() and os.environ.get("TRITON_LIBCUDA_PATH") != str(stub):
+                    hint = f" (set TRITON_LIBCUDA_PATH={stub}, as at warm time)"
                 return failed(name, f"first launch compiled {len(misses)} kernel(s) and wrote {len(new_files)} "
-                                    f"file(s) in {root}: {', '.join(misses or new_files[:3])}", **numbers)
+                                    f"file(s) in {root}: {', '.join(misses or new_files[:3])}{hint}", **numbers)
             return passed(name, f"first launch of {len(events)} project kernels: all cache hits, nothing written",
                           **numbers)
         sms = [s.strip() for s in expected.get("sm", "9.0").split(",") if s.strip()]

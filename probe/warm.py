@@ -103,6 +103,14 @@ def stand_in_driver(sm: int, stub_dir: Path | None) -> Iterator[None]:
 
         def __init__(self) -> None:
             self.target = GPUTarget("cuda", sm, 32)
+            self._utils = None
+
+        @property
+        def utils(self):
+            # triton >= 3.7 launches through cuda_utils itself (no per-kernel launcher modules)
+            if self._utils is None:
+                self._utils = nvidia.CudaUtils()
+            return self._utils
 
         def get_current_target(self):
             return self.target
@@ -216,8 +224,18 @@ def kernel_launches(dtype_name: str, device: str) -> list[tuple[str, Any, tuple,
     ]
 
 
-def warm(sm: int, root: Path, *, build_modules: bool = True) -> WarmReport:
-    """Compile every project kernel (and its launcher) for sm into root; report what was compiled or found."""
+def stub_dir_for(root: Path) -> Path:
+    """Where the stub lives for a cache. Images set TRITON_LIBCUDA_PATH to it at run time too: triton >= 3.7 keys
+    its host modules on the library dirs, so the runtime must name the same dir the warm-up linked against (on a
+    GPU the loader still binds the real driver's libcuda.so.1: the stub's dir is not on the loader's path)."""
+    return root / STUB_DIR
+
+
+def warm(sm: int, root: Path, *, build_modules: bool = True, stub_from: Path | None = None) -> WarmReport:
+    """Compile every project kernel (and its launcher) for sm into root; report what was compiled or found.
+
+    stub_from: the cache whose stub dir to link against (verify replays against a copy but must use the
+    original's path, which is part of triton >= 3.7's module keys)."""
     report = WarmReport(sm=sm, cache_dir=str(root))
     started = time.perf_counter()
     root.mkdir(parents=True, exist_ok=True)
@@ -225,7 +243,7 @@ def warm(sm: int, root: Path, *, build_modules: bool = True) -> WarmReport:
     _point_triton_at(root)
     before = snapshot(root)
     try:
-        stub_dir = build_stub(root) if build_modules else None
+        stub_dir = (stub_dir_for(stub_from) if stub_from else build_stub(root)) if build_modules else None
         before = snapshot(root)
         from triton.backends.nvidia import driver as nvidia  # noqa: PLC0415
 
@@ -282,7 +300,7 @@ def verify_warm_cache(sm: int, root: Path) -> WarmReport:
         shutil.copytree(root, copy)
         previous = os.environ.get("TRITON_CACHE_DIR")
         try:
-            report = warm(sm, copy)
+            report = warm(sm, copy, stub_from=root)
         finally:
             os.environ["TRITON_CACHE_DIR"] = previous or str(root)
             _point_triton_at(Path(previous or root))

@@ -29,6 +29,8 @@ t3=$(now)
 cat "$out/warm.txt"
 
 echo "== 2+3. probe (warm-cache check on the GPU) then smoke, warm Triton cache"
+# as the image does: triton >= 3.7 keys its host modules on the libcuda dir the warm-up linked against
+export TRITON_LIBCUDA_PATH=$warmc/imagefactory-stub
 TRITON_CACHE_DIR=$warmc PROBE_EXPECT_WARM_CACHE=1 PROBE_EXPECT_SM=9.0 $py -m probe --json >"$out/probe-warm.json" 2>"$out/probe-warm.err"; rc_probe_warm=$?
 t4=$(now)
 TRITON_CACHE_DIR=$warmc $py -m probe smoke --json >"$out/smoke-warm.json" 2>"$out/smoke-warm.err"; rc_smoke_warm=$?
