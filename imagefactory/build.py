@@ -36,7 +36,7 @@ BUILD_DIR = Path(".build")  # gitignored scratch inside the build context
 BNB_STAGE = BUILD_DIR / "bnb-src"  # where a local bitsandbytes tree is staged (.dockerignore lets it in)
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 IMAGE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-GIT_TIMEOUT_S = 20
+GIT_TIMEOUT_S = 10  # a blackholed network must not stall every build
 # How BuildKit says that a FROM image could not be fetched.
 PULL_FAILURES = ("failed to do request", "pull access denied", "failed to resolve source metadata",
                  "no such host", "i/o timeout", "connection refused")
