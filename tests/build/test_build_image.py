@@ -102,6 +102,8 @@ def test_runtime_user_is_not_root(config, client, built):
 def test_expected_identity_and_cache_dir_are_set(config):
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["TRITON_CACHE_DIR"] == "/opt/triton-cache"
+    # the libcuda directory is part of triton's module cache key: the warm step's stub, shipped in the cache
+    assert env["TRITON_LIBCUDA_PATH"] == "/opt/triton-cache/imagefactory-stub"
     assert env["PROBE_EXPECT_TARGET"] == TARGET and env["PROBE_EXPECT_SM"] == "9.0"
     assert env["PROBE_EXPECT_WARM_CACHE"] == "1"
     assert env["PYTHONPATH"] == "/opt/imagefactory"
