@@ -39,8 +39,9 @@ t5=$(now)
 echo "== the gate's CPU check of the warm cache (GPU hidden)"
 CUDA_VISIBLE_DEVICES= TRITON_CACHE_DIR=$warmc PROBE_EXPECT_WARM_CACHE=1 PROBE_EXPECT_SM=9.0 $py -m probe --json >"$out/probe-cpu-warmcheck.json" 2>"$out/probe-cpu.err"; rc_cpu=$?
 
-echo "== GPU-marked tests"
-$py -m pytest -q -p no:cacheprovider -m gpu tests/probe >"$out/pytest-gpu.txt" 2>&1; rc_pytest=$?
+echo "== GPU tests and the warm-cache tests"
+unset TRITON_LIBCUDA_PATH
+$py -m pytest -q -p no:cacheprovider tests/probe/test_gpu.py tests/probe/test_warm.py >"$out/pytest-gpu.txt" 2>&1; rc_pytest=$?
 tail -3 "$out/pytest-gpu.txt"
 
 OUTDIR=$out $py - "$t0" "$t1" "$t2" "$t3" "$t4" "$t5" \
