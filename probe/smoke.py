@@ -8,10 +8,8 @@ downloaded. Without a GPU it runs on the CPU in fp32 with PyTorch reference ops 
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from probe.results import Check, failed, one_line, passed, skipped

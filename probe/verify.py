@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from probe.results import Check, Detection, failed, one_line, passed, skipped, warned
@@ -318,26 +317,28 @@ def benchmarks(det: Detection) -> list[Check]:
     torch = _torch()
     gpu = det.gpus[0]
     peak = _peak(gpu.name)
-    out = []
-    n = 8192
     dtype = torch.bfloat16 if (gpu.cc or (8, 0)) >= (8, 0) else torch.float16
+    tflops = _matmul_tflops(torch, dtype, 8192)
+    gbps = _copy_gbps(torch, 2**30)
+    torch.cuda.empty_cache()
+    return [
+        _against("bench.matmul_bf16", f"8192^3 {str(dtype)[6:]} matmul", tflops, "TFLOP/s",
+                 peak[0] if peak else None, gpu.name),
+        _against("bench.copy_d2d", "1 GiB device-to-device copy (read+write)", gbps, "GB/s",
+                 peak[1] if peak else None, gpu.name),
+    ]
+
+
+def _matmul_tflops(torch, dtype, n: int) -> float:
     a = torch.randn(n, n, device="cuda", dtype=dtype)
     b = torch.randn(n, n, device="cuda", dtype=dtype)
-    seconds = _timed(torch, lambda: a @ b, 10)
-    tflops = 2 * n**3 / seconds / 1e12
-    out.append(_against("bench.matmul_bf16", f"{n}^3 {str(dtype)[6:]} matmul", tflops, "TFLOP/s",
-                        peak[0] if peak else None, gpu.name))
-    del a, b
-    nbytes = 2**30
+    return 2 * n**3 / _timed(torch, lambda: a @ b, 10) / 1e12
+
+
+def _copy_gbps(torch, nbytes: int) -> float:
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    seconds = _timed(torch, lambda: dst.copy_(src), 20)
-    gbps = 2 * nbytes / seconds / 1e9  # bytes read plus bytes written
-    out.append(_against("bench.copy_d2d", "1 GiB device-to-device copy (read+write)", gbps, "GB/s",
-                        peak[1] if peak else None, gpu.name))
-    del src, dst
-    torch.cuda.empty_cache()
-    return out
+    return 2 * nbytes / _timed(torch, lambda: dst.copy_(src), 20) / 1e9  # bytes read plus bytes written
 
 
 def _against(name: str, what: str, value: float, unit: str, peak: float | None, gpu: str) -> Check:
