@@ -7,7 +7,9 @@ import os
 from probe.results import Check, Detection, failed, passed, skipped
 
 KEYS = ("target", "vendor", "sm", "cuda", "torch", "triton", "bitsandbytes", "python", "warm_cache",
-        "dtype", "gfx", "rocm")  # the last three: planning declares them too (docs/matrix.md)
+        "dtype", "gfx", "rocm")  # ROCm targets declare gfx/rocm instead of sm/cuda (docs/matrix.md)
+DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+          "fp32": "float32", "float32": "float32"}
 ENV_PREFIX = "PROBE_EXPECT_"
 
 
@@ -52,8 +54,18 @@ def check(expected: dict[str, str], det: Detection) -> list[Check]:
             out.append(passed(name, f"declared target {declared}", declared=declared))
         elif key == "warm_cache":
             continue  # verified by the warm-cache check itself
-        elif key in ("dtype", "gfx", "rocm"):
-            out.append(skipped(name, f"declared {key} {declared}: not compared yet", declared=declared))
+        elif key == "dtype":
+            out.append(_dtype(name, declared, det))
+        elif key == "gfx":
+            wanted = {g.strip() for g in declared.split(",") if g.strip()}
+            found = [g.gfx for g in det.gpus if g.gfx]
+            if not found:
+                out.append(skipped(name, f"no AMD GPU to compare with declared gfx {declared}", declared=declared))
+                continue
+            out.append(_compare(name, declared, ",".join(found), all(g in wanted for g in found), "GPU gfx arch"))
+        elif key == "rocm":
+            found = det.torch.hip if det.torch else None
+            out.append(_compare(name, declared, found, _version_matches(declared, found), "torch's ROCm (HIP) build"))
         elif key == "vendor":
             torch_vendor = None
             if det.torch is not None:
@@ -78,6 +90,26 @@ def check(expected: dict[str, str], det: Detection) -> list[Check]:
             found = det.packages.get(key)
             out.append(_compare(name, declared, found, _version_matches(declared, found), f"{key} version"))
     return out
+
+
+def _dtype(name: str, declared: str, det: Detection) -> Check:
+    """The image's training dtype must be one the GPU runs; the decisions may still prefer another (fp16 images)."""
+    from probe.decide import choose_dtype, hardware_from  # noqa: PLC0415
+
+    wanted = DTYPES.get(declared.lower())
+    if wanted is None:
+        return failed(name, f"declared dtype {declared} is not one of {', '.join(sorted(DTYPES))}", declared=declared)
+    hw = hardware_from(det)
+    if hw.vendor == "none":
+        return skipped(name, f"no GPU: declared dtype {declared} is for the GPU (the CPU runs fp32)",
+                       declared=declared)
+    decided = choose_dtype(hw).value
+    ok = wanted == decided or (wanted == "float16" and decided == "bfloat16") or wanted == "float32"
+    if ok:
+        return passed(name, f"the GPU runs declared {declared} (decision: {decided})", declared=declared,
+                      found=decided)
+    return failed(name, f"dtype mismatch: declared {declared}, this GPU supports {decided} at best",
+                  declared=declared, found=decided)
 
 
 def _compare(name: str, declared: str, found: str | None, ok: bool, what: str) -> Check:

@@ -160,3 +160,29 @@ def test_benchmark_below_70_percent_warns_but_does_not_fail():
 @pytest.mark.parametrize("text,sms", [("90", [90]), ("9.0", [90]), ("90,89", [90, 89]), ("sm_80, 8.6", [80, 86])])
 def test_warm_sm_lists(text, sms):
     assert cli.parse_sms(text) == sms
+
+
+@pytest.mark.parametrize("declared,cc,status", [("bf16", "9.0", Status.PASS), ("fp16", "9.0", Status.PASS),
+                                                ("bf16", "7.5", Status.FAIL), ("fp16", "7.5", Status.PASS),
+                                                ("int3", "9.0", Status.FAIL)])
+def test_declared_dtype_must_run_on_the_gpu(declared, cc, status):
+    from probe.results import Gpu
+
+    det = fake_detection(gpus=[Gpu(0, "gpu", "nvidia", cc, None, 16_000, 15_000)])
+    assert expect.check({"dtype": declared}, det)[0].status is status
+
+
+def test_declared_dtype_is_skipped_without_a_gpu():
+    assert expect.check({"dtype": "bf16"}, fake_detection())[0].status is Status.SKIP
+
+
+def test_rocm_expectations():
+    from probe.results import Gpu
+
+    det = fake_detection(gpus=[Gpu(0, "AMD Instinct MI300X", "amd", None, "gfx942", 196_000, 190_000)])
+    det = type(det)(**{**det.__dict__, "torch": det.torch.__class__(**{**det.torch.__dict__, "cuda": None,
+                                                                          "hip": "6.4.43482-0f2d60242"})})
+    by_key = {c.name: c.status for c in expect.check({"gfx": "gfx942", "rocm": "6.4", "cuda": "13.0"}, det)}
+    assert by_key == {"expect.gfx": Status.PASS, "expect.rocm": Status.PASS, "expect.cuda": Status.FAIL}
+    assert expect.check({"gfx": "gfx90a"}, det)[0].status is Status.FAIL
+    assert expect.check({"gfx": "gfx942"}, fake_detection())[0].status is Status.SKIP
