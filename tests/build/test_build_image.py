@@ -9,6 +9,7 @@ or the upstream tag is used, as the build log says.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -139,21 +140,25 @@ def test_bitsandbytes_library_holds_sass_for_sm90(client, built, tmp_path):
     finally:
         subprocess.run([client.executable, "rm", container], capture_output=True, check=False)
     listing = subprocess.run([str(_cuobjdump()), "--list-elf", str(lib)], capture_output=True, text=True, check=True).stdout
-    arches = {part.split(".")[0] for line in listing.splitlines() for part in line.split() if part.startswith("sm_")}
+    arches = set(re.findall(r"\.(sm_\d+a?)\.cubin", listing))  # "ELF file 5: libbitsandbytes_cuda130.5.sm_90.cubin"
     assert "sm_90" in arches, listing[:500]
     if built.bnb_tree:
         assert arches == {"sm_90"}, f"compiled for exactly the target SM, found {sorted(arches)}"
 
 
-def test_triton_cache_holds_kernels_for_sm90_and_launcher_modules(client, built):
+def test_triton_cache_holds_kernels_for_sm90_and_launcher_modules(client, built, config):
     script = ("cd /opt/triton-cache && find . -name '*.json' ! -name '__grp__*' -exec cat {} + | "
               "python -c \"import sys,json,re; d=sys.stdin.read(); print(sorted(set(re.findall(r'\\\"arch\\\": ?(\\\\d+)', d))))\"; "
-              "find . -name '*.so' | sed 's|.*/||' | sort -u")
+              "find . -name '*.cubin' | wc -l; find . -name '*.so*' | sed 's|.*/||' | sort -u")
     out = in_image(client, built.image_id, script).splitlines()
     assert out[0] == "['90']", out
-    modules = out[1:]
+    assert int(out[1]) >= 6, "the probe's six kernels, compiled for sm_90"
+    modules = out[2:]
     assert any(m.startswith("cuda_utils") for m in modules), modules
-    assert any("launcher" in m for m in modules), modules
+    assert "libcuda.so.1" in modules, "the stub the host modules were linked against (TRITON_LIBCUDA_PATH)"
+    triton = tuple(int(x) for x in config["Labels"]["io.imagefactory.triton"].split(".")[:2])
+    if triton < (3, 7):  # from 3.7 on, kernels launch through cuda_utils: no per-kernel launcher module
+        assert any("launcher" in m for m in modules), modules
 
 
 def test_sbom_lists_the_venv(client, built):
