@@ -132,3 +132,21 @@ def test_require_gpu_reaches_the_probe(fake_docker, hopper, tmp_path):
     client = gate_docker(fake_docker, "pass")
     gate_image(client, hopper, IMAGE, release="r1", require_gpu=True, reports_dir=tmp_path, gpus=False)
     assert "probe --json --require-gpu" in fake_docker.log.read_text()
+
+
+def test_bootstrap_without_mmdebstrap_says_what_to_install(fake_docker, monkeypatch):
+    from imagefactory.bootstrap import BootstrapError, bootstrap  # noqa: PLC0415
+
+    client = DockerClient(str(fake_docker("image\\ inspect\\ *) echo '[]'; exit 1 ;;")), "classic", "20.10.24")
+    monkeypatch.setenv("PATH", str(fake_docker.log.parent))  # a PATH with no mmdebstrap
+    with pytest.raises(BootstrapError, match="apt-get install mmdebstrap") as info:
+        bootstrap(client)
+    assert info.value.exit_code == 2
+    assert "imagefactory/base:bookworm" in info.value.message
+
+
+def test_bootstrap_skips_bases_that_exist(fake_docker):
+    from imagefactory.bootstrap import bootstrap  # noqa: PLC0415
+
+    client = DockerClient(str(fake_docker("image\\ inspect\\ *) echo '[{\"Id\": \"sha256:1\"}]' ;;")), "classic", "20.10.24")
+    assert bootstrap(client) == []
