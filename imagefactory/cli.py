@@ -49,7 +49,9 @@ def matrix_from_args(args: argparse.Namespace) -> Matrix:
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    # Piped or logged output has no terminal width; rich would fall back to 80 columns and wrap
+    # every table cell, so give tables room instead (the same choice exec_cli makes).
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 # ---- targets -------------------------------------------------------------------------------------
