@@ -15,7 +15,7 @@ from packaging.version import Version
 
 from .errors import ConfigError, RefusedTargetError, UnknownTargetError, near_misses
 from .model import CellSpec, Matrix, ResolvedTorch, Target, TorchBuild, TrainDtype
-from .rules import Candidate, Refusal, check, payload_for, python_of
+from .rules import Candidate, Refusal, base_images, check, payload_for, vendor_mismatch
 
 ID_RE = re.compile(r"^(?P<arch>[a-z][a-z0-9]*)-(?P<toolkit>cu\d{3}|rocm\d+\.\d+)"
                    r"(?:-torch(?P<torch>\d+\.\d+))?(?:-(?P<flavor>slim|nvidia|rocm))?(?:-(?P<dtype>bf16|fp16))?$")
@@ -90,7 +90,7 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
                  why_torch: str, why_flavor: str) -> Target:
     """Resolve every value a template or an execution command reads."""
     arch, tk, torch, flavor = cand.arch, cand.toolkit, cand.torch, cand.flavor
-    base = tk.bases.get(flavor.name) or flavor.base
+    base = base_images(tk, flavor)
     assert base is not None  # rule python refuses candidates without a base
     python = base.python
     payload = payload_for(matrix, torch.version, python)
@@ -206,7 +206,7 @@ def _defaults(matrix: Matrix) -> dict[tuple[str, str], Pick]:
     picks: dict[tuple[str, str], Pick] = {}
     for arch in matrix.arches.values():
         for tk in matrix.toolkits.values():
-            if (tk.kind == "cuda") != (arch.vendor == "nvidia"):
+            if vendor_mismatch(arch, tk):
                 continue  # a vendor mismatch is not a cell anyone asks about
             picks[(arch.name, tk.id)] = pick(matrix, arch.name, tk.id)
     return picks
@@ -246,8 +246,8 @@ def _expand(matrix: Matrix) -> Expansion:
 
 def _extra_target(matrix: Matrix, spec: CellSpec, defaults: dict[tuple[str, str], Pick]) -> Target | str:
     arch, tk = matrix.arches[spec.arch], matrix.toolkits[spec.toolkit]
-    if (tk.kind == "cuda") != (arch.vendor == "nvidia"):
-        return f"refused by rule vendor: {arch.name} is an {arch.vendor} arch; {tk.id} is a {tk.kind} toolkit"
+    if mismatch := vendor_mismatch(arch, tk):
+        return str(mismatch)
     chosen = pick(matrix, spec.arch, spec.toolkit, spec.torch, spec.flavor, spec.dtype)
     if chosen.candidate is None:
         return "; ".join(str(r) for r in chosen.refusals)
@@ -280,9 +280,8 @@ def resolve_target(matrix: Matrix, target_id: str) -> Target:
                 raise UnknownTargetError(f"{target_id}: no torch {parsed['torch']} in {matrix.path.name} "
                                          f"(torch: {', '.join(t.minor for t in matrix.torches.values())})")
         arch, tk = matrix.arches[parsed["arch"]], matrix.toolkits[parsed["toolkit"]]
-        if (tk.kind == "cuda") != (arch.vendor == "nvidia"):
-            raise RefusedTargetError(f"{target_id}: refused by rule vendor: {arch.name} is an {arch.vendor} arch; "
-                                     f"{tk.id} is a {tk.kind} toolkit")
+        if mismatch := vendor_mismatch(arch, tk):
+            raise RefusedTargetError(f"{target_id}: {mismatch}")
         chosen = pick(matrix, parsed["arch"], parsed["toolkit"], torch, parsed["flavor"], parsed["dtype"])  # type: ignore[arg-type]
         if chosen.candidate is None:
             raise RefusedTargetError(f"{target_id}: " + "; ".join(str(r) for r in chosen.refusals))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from .model import ArchFamily, Flavor, Matrix, Payload, Toolkit, TorchBuild, TrainDtype, minor_of
+from .model import ArchFamily, BaseImages, Flavor, Matrix, Payload, Toolkit, TorchBuild, TrainDtype, minor_of
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,13 @@ def _v(text: str) -> Version:
     return Version(text)
 
 
-def python_of(matrix: Matrix, toolkit: Toolkit, flavor: Flavor) -> str | None:
-    base = toolkit.bases.get(flavor.name) or flavor.base
+def base_images(toolkit: Toolkit, flavor: Flavor) -> BaseImages | None:
+    """The toolkit's own base for a vendor flavor, else the flavor's (slim's bootstrapped OS base)."""
+    return toolkit.bases.get(flavor.name) or flavor.base
+
+
+def python_of(toolkit: Toolkit, flavor: Flavor) -> str | None:
+    base = base_images(toolkit, flavor)
     return base.python if base else None
 
 
@@ -50,11 +55,16 @@ def payload_for(matrix: Matrix, torch: str, python: str) -> Payload | None:
     return None
 
 
-def vendor(m: Matrix, c: Candidate) -> Refusal | None:
-    wanted = "nvidia" if c.toolkit.kind == "cuda" else "amd"
-    if c.arch.vendor != wanted:
-        return Refusal("vendor", f"{c.arch.name} is an {c.arch.vendor} arch; {c.toolkit.id} is a {c.toolkit.kind} toolkit")
+def vendor_mismatch(arch: ArchFamily, toolkit: Toolkit) -> Refusal | None:
+    """Rule vendor on its own: expansion uses it to skip arch x toolkit pairs before any torch is picked."""
+    wanted = "nvidia" if toolkit.kind == "cuda" else "amd"
+    if arch.vendor != wanted:
+        return Refusal("vendor", f"{arch.name} is an {arch.vendor} arch; {toolkit.id} is a {toolkit.kind} toolkit")
     return None
+
+
+def vendor(m: Matrix, c: Candidate) -> Refusal | None:
+    return vendor_mismatch(c.arch, c.toolkit)
 
 
 def sm_floor(m: Matrix, c: Candidate) -> Refusal | None:
@@ -125,7 +135,7 @@ def slim_nvcc(m: Matrix, c: Candidate) -> Refusal | None:
 
 
 def python_supported(m: Matrix, c: Candidate) -> Refusal | None:
-    python = python_of(m, c.toolkit, c.flavor)
+    python = python_of(c.toolkit, c.flavor)
     if python is None:
         return Refusal("python", f"no base image for {c.flavor.name} x {c.toolkit.id}, so no python")
     if python not in c.torch.pythons:
@@ -143,7 +153,7 @@ def bitsandbytes_torch(m: Matrix, c: Candidate) -> Refusal | None:
 
 
 def payload(m: Matrix, c: Candidate) -> Refusal | None:
-    python = python_of(m, c.toolkit, c.flavor)
+    python = python_of(c.toolkit, c.flavor)
     if python is not None and payload_for(m, c.torch.version, python) is None:
         return Refusal("payload", f"no payload accepts torch {c.torch.version} with python {python} "
                                   f"({', '.join(f'{p.name}: torch{p.torch} python{p.python}' for p in m.payloads)})")
