@@ -200,7 +200,11 @@ def tag(client: DockerClient, image_id: str, ref: str) -> None:
 
 
 def untag(client: DockerClient, ref: str) -> None:
-    run(client.argv("image", "rm", "--no-prune", ref), check=False)
+    """Remove one name; Docker deletes the image itself when that was its last name."""
+    try:
+        run(client.argv("image", "rm", "--no-prune", ref))
+    except CommandError as error:
+        raise DockerCommandError(f"removing the tag {ref}: {error.message}") from None
 
 
 def save(client: DockerClient, ref: str, out: Path) -> None:

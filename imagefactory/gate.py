@@ -2,8 +2,9 @@
 
 Both steps run inside the image with `--network none` (and `--gpus all` when the host shows NVIDIA
 GPUs). Only when both pass is the image tagged `<repo>:<target>`, `<repo>:<target>-latest` and the
-immutable tag. A failed gate tags nothing, prints the failing checks and keeps the report in
-reports/<target>/ (gate.json, probe.json, smoke.json) — the file the release step reads.
+immutable tag. A failed gate leaves no such tag on the image (also none that an earlier pass gave it),
+prints the failing checks and keeps the report in reports/<target>/ (gate.json, probe.json,
+smoke.json) — the file the release step reads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .docker import DockerClient, host_has_nvidia_gpus, run_container, tag
+from .docker import DockerClient, DockerCommandError, host_has_nvidia_gpus, image_exists, image_inspect, run_container, tag, untag
 from .errors import GateFailedError
 from .model import Target, immutable_tag
 from .run import CommandError, echo
@@ -150,7 +151,32 @@ def gate_image(
             tag(client, image_id, ref)
         result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps), gate_tags(target, release), result.finished)
     (out_dir / "gate.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if not result.passed:
+        remove_earlier_tags(client, target, result)
     return result
+
+
+def earlier_tags(target: Target, repo_tags: list[str]) -> list[str]:
+    """Which of an image's names are this target's gate tags (floating, or immutable of any release)."""
+    floating = {f"{target.image_repo}:{tag}" for tag in target.tags}
+    immutable_prefix = f"{target.image_repo}:{immutable_tag(target, '')}"
+    return [ref for ref in repo_tags if ref in floating or ref.startswith(immutable_prefix)]
+
+
+def remove_earlier_tags(client: DockerClient, target: Target, failed: GateResult) -> None:
+    """A re-gated image that fails loses the tags an earlier pass gave it. Docker deletes an image
+    with its last name: then only the reports remain (a rebuild from the build cache brings it back)."""
+    image_id = failed.image_id
+    refs = earlier_tags(target, list((image_inspect(client, image_id) or {}).get("RepoTags") or []))
+    if not refs:
+        return
+    try:
+        for ref in refs:
+            untag(client, ref)
+    except DockerCommandError as error:
+        raise GateFailedError(f"{target.id}: gate failed, and {error.message}: remove it by hand", details=failed.failing) from None
+    gone = "" if image_exists(client, image_id) else "; it had no other name, so Docker deleted it (rebuild to inspect it)"
+    echo(f"gate {target.id}: failed: removed the tags an earlier pass gave image {image_id[:19]}: {', '.join(refs)}{gone}")
 
 
 def require_pass(result: GateResult, reports_dir: Path = REPORTS_DIR) -> None:

@@ -80,12 +80,14 @@ def probe_report(status: str) -> str:
     return json.dumps({"checks": [{"name": "expect.torch", "status": status, "reason": "torch 2.14.1 vs declared"}]})
 
 
-def gate_docker(fake_docker, probe_status: str, smoke_exit: int = 0):
+def gate_docker(fake_docker, probe_status: str, smoke_exit: int = 0, repo_tags: tuple[str, ...] = ()):
     probe_exit = 0 if probe_status != "fail" else 1
+    inspect = json.dumps([{"Id": IMAGE, "RepoTags": list(repo_tags)}])
     return DockerClient(str(fake_docker(
         f"*probe\\ smoke*) echo '{probe_report('pass')}'; exit {smoke_exit} ;;\n"
         f"*probe\\ --json*) echo '{probe_report(probe_status)}'; exit {probe_exit} ;;\n"
-        "tag\\ *) exit 0 ;;")), "classic", "20.10.24")
+        f"image\\ inspect\\ *) echo '{inspect}' ;;\n"
+        "tag\\ *|image\\ rm\\ *) exit 0 ;;")), "classic", "20.10.24")
 
 
 def test_gate_pass_tags_floating_and_immutable(fake_docker, hopper, tmp_path):
@@ -118,6 +120,30 @@ def test_gate_failure_tags_nothing_keeps_the_report_and_names_the_check(fake_doc
     with pytest.raises(GateFailedError) as info:
         require_pass(result, reports)
     assert info.value.details == ("probe: expect.torch: torch 2.14.1 vs declared",)
+
+
+def test_failed_regate_removes_the_tags_an_earlier_pass_gave(fake_docker, hopper, tmp_path):
+    """"A failed gate leaves no tag on that image", also on an image that passed before; other names stay."""
+    earlier = ("imagefactory:hopper-cu130", "imagefactory:hopper-cu130-latest", "imagefactory:hopper-cu130-torch2.14.1-r0")
+    others = ("imagefactory:hopper-cu130-nvidia", "mine:hopper-cu130")
+    client = gate_docker(fake_docker, "fail", repo_tags=earlier + others)
+    result = gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path, gpus=False)
+    assert not result.passed and result.tags == ()
+    calls = fake_docker.log.read_text().splitlines()
+    assert not [c for c in calls if c.startswith("tag")]
+    assert [c for c in calls if c.startswith("image rm")] == [f"image rm --no-prune {ref}" for ref in earlier]
+
+
+def test_failed_regate_that_cannot_remove_a_tag_is_a_gate_failure(fake_docker, hopper, tmp_path):
+    inspect = json.dumps([{"Id": IMAGE, "RepoTags": ["imagefactory:hopper-cu130"]}])
+    client = DockerClient(str(fake_docker(
+        f"*probe\\ --json*) echo '{probe_report('fail')}'; exit 1 ;;\n"
+        f"image\\ inspect\\ *) echo '{inspect}' ;;\n"
+        "image\\ rm\\ *) echo 'conflict: unable to remove repository reference' >&2; exit 1 ;;")), "classic", "20.10.24")
+    with pytest.raises(GateFailedError, match="gate failed, and removing the tag imagefactory:hopper-cu130: .*conflict") as info:
+        gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path, gpus=False)
+    assert info.value.details == ("probe: expect.torch: torch 2.14.1 vs declared",)
+    assert json.loads((tmp_path / "hopper-cu130" / "gate.json").read_text())["result"] == "failed"
 
 
 def test_gate_fails_on_a_smoke_exit_code_even_without_failed_checks(fake_docker, hopper, tmp_path):
