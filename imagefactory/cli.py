@@ -10,7 +10,6 @@ and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import importlib
 import os
 import sys
@@ -24,7 +23,7 @@ from rich.table import Table
 
 from . import outputs, render
 from .errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, did_you_mean
-from .expand import all_targets, expand, expand_braces, pick, resolve_target, select_targets
+from .expand import all_targets, expand, flavors_for, id_matches, pick, resolve_target, select_targets, torches_for
 from .matrix import load_matrix
 from .model import Matrix, Target
 from .rules import Candidate
@@ -86,8 +85,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
 def _why_not(matrix: Matrix, args: argparse.Namespace) -> int:
     refused = expand(matrix).refused
     if args.select:
-        pats = expand_braces(args.select)
-        refused = tuple(c for c in refused if any(fnmatch.fnmatchcase(c.id, p) for p in pats))
+        refused = tuple(c for c in refused if id_matches(c.id, args.select))
     if args.format == "json":
         sys.stdout.write(outputs.dumps([{"id": c.id, "refusals": [{"rule": r.rule, "reason": r.reason}
                                                                    for r in c.refusals]} for c in refused]))
@@ -193,13 +191,11 @@ def _torch_arg(matrix: Matrix, text: str) -> str:
 def _first_candidate(matrix: Matrix, arch: str, toolkit: str, torch: str | None, flavor: str | None,
                      dtype: str | None) -> Candidate:
     """The candidate a refusal is explained for: the pinned torch, else the newest shipping the toolkit."""
-    tk = matrix.toolkits[toolkit]
     if torch is None:
-        shipping = [t for t in matrix.torches.values() if toolkit in t.toolkits] or list(matrix.torches.values())
-        torch = max(shipping, key=lambda t: Version(t.version)).version
-    flavors = [f for f in tk.flavors if f in matrix.flavors] or list(matrix.flavors)
-    return Candidate(matrix.arches[arch], tk, matrix.torches[torch], matrix.flavors[flavor or flavors[0]],
-                     dtype)  # type: ignore[arg-type]
+        shipping = torches_for(matrix, toolkit)
+        torch = shipping[0].version if shipping else max(matrix.torches, key=Version)
+    return Candidate(matrix.arches[arch], matrix.toolkits[toolkit], matrix.torches[torch],
+                     matrix.flavors[flavor or flavors_for(matrix, toolkit)[0]], dtype)  # type: ignore[arg-type]
 
 
 # ---- render --------------------------------------------------------------------------------------

@@ -50,18 +50,23 @@ def natural_dtype(candidate: Candidate) -> TrainDtype:
     return "bf16" if "bf16" in candidate.arch.capabilities else "fp16"
 
 
-def _torches_for(matrix: Matrix, toolkit: str) -> list[TorchBuild]:
-    """Torch builds shipping the toolkit, newest first."""
+def torches_for(matrix: Matrix, toolkit: str) -> list[TorchBuild]:
+    """Torch builds shipping the toolkit, newest first: the order defaults are picked in."""
     shipping = [t for t in matrix.torches.values() if toolkit in t.toolkits]
     return sorted(shipping, key=lambda t: Version(t.version), reverse=True)
+
+
+def flavors_for(matrix: Matrix, toolkit: str) -> list[str]:
+    """Flavors in the toolkit's preference order (its `nvcc` key order); all of them if it names none."""
+    return [f for f in matrix.toolkits[toolkit].flavors if f in matrix.flavors] or list(matrix.flavors)
 
 
 def pick(matrix: Matrix, arch: str, toolkit: str, torch: str | None = None, flavor: str | None = None,
           dtype: TrainDtype | None = None) -> Pick:
     """The first candidate (newest torch, then flavor preference) that passes every rule."""
     tk = matrix.toolkits[toolkit]
-    torches = [matrix.torches[torch]] if torch else _torches_for(matrix, toolkit)
-    flavors = [flavor] if flavor else [f for f in tk.flavors if f in matrix.flavors] or list(matrix.flavors)
+    torches = [matrix.torches[torch]] if torch else torches_for(matrix, toolkit)
+    flavors = [flavor] if flavor else flavors_for(matrix, toolkit)
     if not torches:
         return Pick(None, (Refusal("torch-toolkit", f"no torch in the matrix ships {toolkit}"),))
     seen: dict[tuple[str, str], Refusal] = {}
@@ -309,13 +314,17 @@ def expand_braces(pattern: str) -> list[str]:
     return out
 
 
+def id_matches(target_id: str, pattern: str) -> bool:
+    """Whether the id matches the glob (`*`, `?`, `[...]`, `{a,b}`): for targets and refused cells alike."""
+    return any(fnmatch.fnmatchcase(target_id, p) for p in expand_braces(pattern))
+
+
 def select_targets(matrix: Matrix, pattern: str) -> list[Target]:
-    """Targets whose id matches the glob (`*`, `?`, `[...]`, `{a,b}`); an error when none does."""
-    patterns = expand_braces(pattern)
-    targets = [t for t in expand(matrix).targets if any(fnmatch.fnmatchcase(t.id, p) for p in patterns)]
+    """Targets whose id matches the glob; an error when none does."""
+    targets = [t for t in expand(matrix).targets if id_matches(t.id, pattern)]
     if not targets:
         known = expand(matrix).by_id()
-        if len(patterns) == 1 and not any(ch in pattern for ch in "*?["):
+        if len(expand_braces(pattern)) == 1 and not any(ch in pattern for ch in "*?["):
             resolve_target(matrix, pattern)  # an exact id: say why it is refused or what is near
         raise UnknownTargetError(_unknown_message(f"no target matches {pattern!r}", pattern, known))
     return targets
