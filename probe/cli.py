@@ -1,4 +1,5 @@
-"""`python -m probe [report options]`, `python -m probe smoke`, `python -m probe warm` (exit 0 ok, 1 failed, 2 usage)."""
+"""`python -m probe [report options]`, `python -m probe smoke`, `python -m probe warm`, `python -m probe select`
+(exit 0 ok, 1 failed, 2 usage)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _report_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m probe", description="Detect the GPU stack, decide settings, verify it. "
-                "Subcommands: `smoke` (training suite), `warm` (Triton cache).")
+                "Subcommands: `smoke` (training suite), `warm` (Triton cache), `select` (which image to pull).")
     p.add_argument("--json", action="store_true", help="print the versioned JSON document instead of the report")
     p.add_argument("--expect", action="append", default=[], metavar="KEY=VALUE",
                    help=f"declared identity to assert ({', '.join(expect.KEYS)}); also PROBE_EXPECT_<KEY>")

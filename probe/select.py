@@ -77,6 +77,14 @@ class SelectError(Exception):
     """Bad input (exit 2)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors in one line, exit 2 (like probe/cli.py's; this file must also run alone)."""
+
+    def error(self, message: str) -> None:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def version_key(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text))
 
@@ -300,7 +308,7 @@ def registry_tags(repo: str, timeout: float = 20.0, page: int = 1000) -> list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m probe select", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m probe select", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", help="image repository, e.g. ghcr.io/org/imagefactory (its tag list is read unless --tags-file)")
     parser.add_argument("--tags-file", type=Path, help="docs/supported-tags.json or `imagefactory targets --format json` output")
     parser.add_argument("--gpu-sm", help="compute capability, e.g. 9.0 (default: from nvidia-smi)")
