@@ -22,5 +22,7 @@ SMOKE = SmokeShape()
 
 
 def dtype_for_sm(sm: int) -> str:
-    """The dtype the decisions pick for an NVIDIA SM (8.0+ -> bf16, else fp16): what the GPU run will use."""
-    return "bfloat16" if sm >= 80 else "float16"
+    """The dtype the decisions pick for an NVIDIA SM (90 -> bfloat16): what the GPU run will use."""
+    from probe.decide import Hardware, choose_dtype  # noqa: PLC0415
+
+    return choose_dtype(Hardware("nvidia", capability=divmod(sm, 10))).value

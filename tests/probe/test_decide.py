@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from probe.decide import Hardware, decide, hardware_from, parse_model_size, plan_memory
+from probe.shapes import dtype_for_sm
 from tests.probe.conftest import fake_detection, h100
 
 GIB = 1024
@@ -95,6 +96,12 @@ def test_more_memory_never_needs_more_compromise(params, free_gib):
     big = plan_memory(params, nv("gpu", (9, 0), free_gib * 2))
     assert big.fits or not small.fits
     assert big.load_in_4bit <= small.load_in_4bit or not small.fits
+
+
+@pytest.mark.parametrize("sm,dtype", [(70, "float16"), (75, "float16"), (80, "bfloat16"), (90, "bfloat16"),
+                                      (100, "bfloat16"), (120, "bfloat16")])
+def test_warm_up_compiles_for_the_dtype_the_decisions_pick(sm, dtype):
+    assert dtype_for_sm(sm) == dtype
 
 
 def test_hardware_from_detection_needs_torch_to_see_the_gpu():
