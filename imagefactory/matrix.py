@@ -30,6 +30,7 @@ from .model import (
     TorchBuild,
     format_path,
     minor_of,
+    nearest_line,
 )
 
 Path_ = tuple[str | int, ...]
@@ -70,10 +71,7 @@ class _Doc:
         self._scalar = yaml.SafeLoader("")
 
     def line(self, path: Path_) -> int:
-        key = tuple(path)
-        while key and key not in self.lines:
-            key = key[:-1]
-        return self.lines.get(key, 1)
+        return nearest_line(self.lines, path)
 
     def problem(self, path: Path_, what: str) -> None:
         where = format_path(path) + ": " if path else ""

@@ -139,10 +139,15 @@ class Matrix:
 
     def where(self, *path: str | int) -> str:
         """`matrix.yaml:42 torch."2.14.1".triton` for a key path (line of the nearest recorded key)."""
-        key = tuple(path)
-        while key and key not in self.lines:
-            key = key[:-1]
-        return f"{self.path.name}:{self.lines.get(key, 1)} {format_path(path)}"
+        return f"{self.path.name}:{nearest_line(self.lines, path)} {format_path(path)}"
+
+
+def nearest_line(lines: Mapping[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> int:
+    """The line of the key at `path`, else of its nearest recorded parent (1: none is recorded)."""
+    key = tuple(path)
+    while key and key not in lines:
+        key = key[:-1]
+    return lines.get(key, 1)
 
 
 def format_path(path: tuple[str | int, ...] | list[str | int]) -> str:
