@@ -6,10 +6,11 @@ needs 8.0+, FlashAttention-3 is Hopper (9.0) only; FP8 tensor cores need 8.9+ (A
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # AMD chips whose matrix cores do bf16 (CDNA2+, RDNA3+) and FP8 (CDNA3+).
 AMD_BF16 = re.compile(r"gfx(90a|94\d|95\d|11\d\d|12\d\d)")
@@ -138,6 +139,19 @@ def _shape(params: int) -> tuple[int, int]:
     return hidden, layers
 
 
+class _Option(NamedTuple):
+    """One candidate configuration of the memory plan with its estimated MiB."""
+
+    load_in_4bit: bool
+    optimizer: str
+    ckpt: str
+    batch: int
+    weights: float
+    trainable: float
+    activations: float
+    need: float
+
+
 def plan_memory(params: int, hw: Hardware, vocab: int = 128_256) -> MemoryPlan:
     """Cheapest settings that fit free VRAM, preferring speed (no 4-bit, no checkpointing, fused AdamW)."""
     mib = 2**20
@@ -148,31 +162,21 @@ def plan_memory(params: int, hw: Hardware, vocab: int = 128_256) -> MemoryPlan:
     # plus the logits and their gradient (bf16)
     act_full = (34 * hidden * layers + 4 * vocab) / mib
     act_ckpt = (2 * hidden * layers + 34 * hidden + 4 * vocab) / mib
-    best = None
-    for load_in_4bit in (False, True):
+
+    def sized(load_in_4bit: bool, optimizer: str, ckpt: str, batch: int) -> _Option:
         weights = params * (0.5 * 1.07 if load_in_4bit else 2) / mib  # nf4 + absmax/double-quant overhead
-        for optimizer in ("adamw_fused", "adamw_8bit"):
-            # LoRA weights and grads in fp32, Adam moments in fp32 (8 B) or 8-bit (2 B)
-            trainable = lora * (4 + 4 + (8 if optimizer == "adamw_fused" else 2)) / mib
-            for ckpt in ("off", "non-reentrant"):
-                per_sample = (act_full if ckpt == "off" else act_ckpt) * SEQ_LEN
-                for batch in (16, 8, 4, 2, 1):
-                    need = weights + trainable + OVERHEAD_MIB + per_sample * batch
-                    if need <= 0.9 * free:
-                        best = (load_in_4bit, optimizer, ckpt, batch, weights, trainable, per_sample * batch, need)
-                        break
-                if best:
-                    break
-            if best:
-                break
-        if best:
-            break
+        # LoRA weights and grads in fp32, Adam moments in fp32 (8 B) or 8-bit (2 B)
+        trainable = lora * (4 + 4 + (8 if optimizer == "adamw_fused" else 2)) / mib
+        activations = (act_full if ckpt == "off" else act_ckpt) * SEQ_LEN * batch
+        need = weights + trainable + OVERHEAD_MIB + activations
+        return _Option(load_in_4bit, optimizer, ckpt, batch, weights, trainable, activations, need)
+
+    # cheapest compromise first; the last one (4-bit, 8-bit AdamW, checkpointing, batch 1) is the smallest
+    options = [sized(*o) for o in itertools.product((False, True), ("adamw_fused", "adamw_8bit"),
+                                                     ("off", "non-reentrant"), (16, 8, 4, 2, 1))]
+    best = next((o for o in options if o.need <= 0.9 * free), None)
     fits = best is not None
-    if not best:  # report the smallest configuration and how far it is from fitting
-        weights = params * 0.5 * 1.07 / mib
-        trainable = lora * 10 / mib
-        best = (True, "adamw_8bit", "non-reentrant", 1, weights, trainable, act_ckpt * SEQ_LEN,
-                weights + trainable + OVERHEAD_MIB + act_ckpt * SEQ_LEN)
+    best = best or options[-1]  # report the smallest configuration and how far it is from fitting
     load_in_4bit, optimizer, ckpt, batch, weights, trainable, activations, need = best
     reason = (f"{params / 1e9:.2f}B params, seq {SEQ_LEN}: needs ~{need / 1024:.1f} GiB of "
               f"{free / 1024:.1f} GiB free" + ("" if fits else " (does not fit even 4-bit, batch 1)"))
