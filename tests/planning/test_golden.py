@@ -48,7 +48,7 @@ def test_github_matrix_shape(matrix: Matrix) -> None:
 def test_bake_file_shape(matrix: Matrix) -> None:
     data = json.loads(outputs.bake_file(expand(matrix).targets))
     names = data["group"]["default"]["targets"]
-    assert names == sorted(data["target"]) or set(names) == set(data["target"])
+    assert sorted(names) == sorted(data["target"])  # every bake target in the default group, once
     for name, body in data["target"].items():
         assert re.fullmatch(r"[A-Za-z0-9_-]+", name), name  # buildx rejects other characters
         assert set(body) == {"context", "dockerfile", "args", "tags", "labels", "cache-from", "cache-to", "platforms"}
@@ -58,8 +58,6 @@ def test_bake_file_shape(matrix: Matrix) -> None:
 
 
 def test_bake_args_are_declared_by_the_rendered_dockerfile(matrix: Matrix) -> None:
-    if not (REPO / "templates" / render.ENTRY_TEMPLATE).exists():
-        pytest.skip("templates/ not written yet")
     target = next(t for t in expand(matrix).targets if t.id == "hopper-cu130")
     text = render.render_target(target)
     for arg in json.loads(outputs.bake_file([target]))["target"]["hopper-cu130"]["args"]:
@@ -77,8 +75,6 @@ def test_json_has_every_resolved_value(matrix: Matrix) -> None:
 
 def test_every_committed_dockerfile_is_what_render_writes(matrix: Matrix) -> None:
     """The golden test over the real templates: `render --check` in test form. Refresh: make render."""
-    if not (REPO / "templates" / render.ENTRY_TEMPLATE).exists():
-        pytest.skip("templates/ not written yet")
     rendered = render.render_all(expand(matrix).targets)
     drift = render.check(rendered, REPO)
     assert not drift, "dockerfiles/ differs from matrix.yaml + templates/ (run `make render`): " + ", ".join(
