@@ -14,7 +14,7 @@ from .docker import detect, image_inspect
 from .errors import UsageError
 from .gate import gate_image, require_pass
 from .model import Target
-from .release import default_release
+from .release import default_release, release_tags
 from .run import echo
 
 
@@ -63,6 +63,14 @@ def _targets(args: argparse.Namespace) -> list[Target]:
     return list(chosen.values())
 
 
+def _release(args: argparse.Namespace, targets: list[Target]) -> str:
+    """--release (default: today), checked before any build: a bad one would fail only at tagging."""
+    release = args.release or default_release()
+    for target in targets:
+        release_tags(target, release)
+    return release
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     client = detect(args.docker)
     made = bootstrap(client, force=args.force, mirror=args.mirror)
@@ -73,9 +81,10 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     targets = _targets(args)
+    release = _release(args, targets)
     client = detect(args.docker)
     opts = BuildOptions(
-        release=args.release or default_release(),
+        release=release,
         bnb_source=args.bnb_source.resolve() if args.bnb_source else None,
         gate=not args.no_gate,
         require_gpu=args.require_gpu,
@@ -96,12 +105,13 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from .expand import resolve_target  # noqa: PLC0415
 
     target = resolve_target(matrix_from_args(args), args.target)
+    release = _release(args, [target])
     client = detect(args.docker)
     image = args.image or last_built_image(target.id) or f"{target.image_repo}:{target.id}"
     info = image_inspect(client, image)
     if info is None:
         raise UsageError(f"{target.id}: no image {image} in the local store; build it first (nox -s build-{target.id})")
-    gated = gate_image(client, target, info["Id"], release=args.release or default_release(), require_gpu=args.require_gpu)
+    gated = gate_image(client, target, info["Id"], release=release, require_gpu=args.require_gpu)
     require_pass(gated)
     echo(f"{target.id}: gate passed ({gated.mode} mode); tagged {', '.join(gated.tags)}")
     return 0

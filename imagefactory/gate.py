@@ -19,6 +19,7 @@ from typing import Any, Literal
 from .docker import DockerClient, DockerCommandError, host_has_nvidia_gpus, image_exists, image_inspect, run_container, tag, untag
 from .errors import GateFailedError
 from .model import Target, immutable_tag
+from .release import release_tags
 from .run import CommandError, echo
 
 REPORTS_DIR = Path("reports")
@@ -67,9 +68,10 @@ class GateResult:
 
 
 def gate_tags(target: Target, release: str) -> tuple[str, ...]:
-    """Full references this target's image gets on a pass: floating ones, then the immutable one."""
-    return (f"{target.image_repo}:{target.id}", f"{target.image_repo}:{target.id}-latest",
-            f"{target.image_repo}:{immutable_tag(target, release)}")
+    """Full references this target's image gets on a pass: floating ones, then the immutable one
+    (the names push publishes)."""
+    tags = release_tags(target, release)
+    return tuple(f"{target.image_repo}:{tag}" for tag in (*tags.floating, tags.immutable))
 
 
 def failing_checks(report: Any) -> list[str]:
@@ -147,9 +149,10 @@ def gate_image(
             break  # smoke training on an image whose probe failed proves nothing
     result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps))
     if result.passed:
-        for ref in gate_tags(target, release):
+        refs = gate_tags(target, release)
+        for ref in refs:
             tag(client, image_id, ref)
-        result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps), gate_tags(target, release), result.finished)
+        result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps), refs, result.finished)
     (out_dir / "gate.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if not result.passed:
         remove_earlier_tags(client, target, result)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from imagefactory.model import Target, immutable_tag
 from imagefactory.release_errors import ReleaseError
 from imagefactory.release_registry import Registry, RepoRef
 
@@ -50,12 +51,13 @@ class ReleaseTags:
     floating: tuple[str, ...]
 
 
-def release_tags(target_id: str, torch_version: str, release: str) -> ReleaseTags:
-    """`hopper-cu130`, `2.14.1`, `20261127` → immutable `hopper-cu130-torch2.14.1-20261127`,
-    floating `hopper-cu130`, `hopper-cu130-latest`. probe/select.py parses exactly these shapes."""
+def release_tags(target: Target, release: str) -> ReleaseTags:
+    """hopper-cu130 at `20261127` → immutable `hopper-cu130-torch2.14.1-20261127` (planning's
+    immutable_tag), floating `hopper-cu130`, `hopper-cu130-latest` (Target.tags). The gate tags
+    locally with these names and push publishes them; probe/select.py parses exactly these shapes."""
     if not RELEASE_PATTERN.fullmatch(release):
         raise ReleaseError(f"release {release!r}: use letters, digits, '.' or '_' (e.g. 20261127 or 1.2.0)")
-    return ReleaseTags(f"{target_id}-torch{torch_version}-{release}", (target_id, f"{target_id}-latest"))
+    return ReleaseTags(immutable_tag(target, release), tuple(target.tags))
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise ReleaseError("push needs --registry HOST[:PORT]/NAME (or $IMAGEFACTORY_REGISTRY)")
     target = resolve_target(_matrix(args), args.target)
     repo = RepoRef.parse(args.registry)
-    tags = release_tags(target.id, target.torch.version, args.release or default_release())
+    tags = release_tags(target, args.release or default_release())
     report = GateReport.read(args.reports_dir / target.id / "gate.json")
     result = publish(tags, report, target.id, repo, CliDocker(), Registry(repo), say=lambda m: print(m, flush=True),
                      allow_cpu_gate=args.allow_cpu_gate)

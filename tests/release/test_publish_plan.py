@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from imagefactory.expand import all_targets
+from imagefactory.matrix import load_matrix
 from imagefactory.release import (
     GATE_IMAGE_LABEL,
     GATE_LABEL,
@@ -81,14 +83,16 @@ def report(tmp_path: Path, **fields: object) -> GateReport:
     return GateReport.read(path)
 
 
-TAGS = release_tags("hopper-cu130", "2.14.1", "20261127")
+TARGETS = all_targets(load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml"))
+HOPPER = next(target for target in TARGETS if target.id == "hopper-cu130")
+TAGS = release_tags(HOPPER, "20261127")
 
 
 def test_tags_shape() -> None:
     assert TAGS.immutable == "hopper-cu130-torch2.14.1-20261127"
     assert TAGS.floating == ("hopper-cu130", "hopper-cu130-latest")
     with pytest.raises(ReleaseError, match="release 'bad/one'"):
-        release_tags("hopper-cu130", "2.14.1", "bad/one")
+        release_tags(HOPPER, "bad/one")
 
 
 def test_immutable_first_then_floating_all_at_one_digest(tmp_path: Path) -> None:
@@ -203,13 +207,19 @@ def test_floating_tags_moved_from_an_existing_immutable_tag_are_pulled_first(tmp
     assert world.remote["hopper-cu130-latest"].digest == first.digest
 
 
-def test_tags_agree_with_planning_immutable_tag() -> None:
-    """The gate tags locally with planning's immutable_tag(); push must publish the very same names."""
-    from imagefactory.expand import all_targets  # noqa: PLC0415
-    from imagefactory.matrix import load_matrix  # noqa: PLC0415
+def test_tags_agree_with_planning_and_with_probe_select() -> None:
+    """The gate tags locally with these names, push publishes them, and `probe select` reads them back."""
+    from imagefactory.gate import gate_tags  # noqa: PLC0415
     from imagefactory.model import immutable_tag  # noqa: PLC0415
+    from probe.select import FLOATING_SUFFIX, IMMUTABLE_TAG, is_immutable  # noqa: PLC0415
 
-    for target in all_targets(load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml")):
-        tags = release_tags(target.id, target.torch.version, "2026.11.0")
+    for target in TARGETS:
+        tags = release_tags(target, "2026.11.0")
         assert tags.immutable == immutable_tag(target, "2026.11.0")
         assert tags.floating == tuple(target.tags)
+        assert gate_tags(target, "2026.11.0") == tuple(f"{target.image_repo}:{t}" for t in (*tags.floating, tags.immutable))
+        parsed = IMMUTABLE_TAG.match(tags.immutable)
+        assert is_immutable(tags.immutable) and parsed is not None
+        assert (parsed["id"], parsed["torch"], parsed["release"]) == (target.id, target.torch.version, "2026.11.0")
+        assert not any(is_immutable(tag) for tag in tags.floating)
+        assert {tag.removesuffix(FLOATING_SUFFIX) for tag in tags.floating} == {target.id}

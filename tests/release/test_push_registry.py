@@ -21,6 +21,13 @@ pytestmark = [pytest.mark.docker, pytest.mark.registry]
 TARGET = "hopper-cu130"
 
 
+def hopper_target():
+    from imagefactory.expand import resolve_target  # noqa: PLC0415
+    from imagefactory.matrix import load_matrix  # noqa: PLC0415
+
+    return resolve_target(load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml"), TARGET)
+
+
 def docker(*args: str) -> str:
     done = subprocess.run([CliDocker().client, *args], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
@@ -67,7 +74,7 @@ def repo(local_registry) -> RepoRef:
 
 
 def push(tmp_path: Path, repo: RepoRef, image_id: str, release: str, docker_ops=None):
-    return publish(release_tags(TARGET, "2.14.1", release), gate_report(tmp_path, image_id), TARGET, repo,
+    return publish(release_tags(hopper_target(), release), gate_report(tmp_path, image_id), TARGET, repo,
                    docker_ops or CliDocker(), Registry(repo), say=lambda _m: None)
 
 
@@ -137,7 +144,7 @@ def test_push_failing_midway_leaves_floating_tags(tmp_path: Path, repo: RepoRef,
 def test_refuses_ungated_and_sbom_less_images(tmp_path: Path, repo: RepoRef) -> None:
     image = tiny_image(tmp_path, "a")
     with pytest.raises(ReleaseError, match="the gate did not pass"):
-        publish(release_tags(TARGET, "2.14.1", "1"), gate_report(tmp_path, image, "failed"), TARGET, repo, CliDocker(), Registry(repo))
+        publish(release_tags(hopper_target(), "1"), gate_report(tmp_path, image, "failed"), TARGET, repo, CliDocker(), Registry(repo))
     with pytest.raises(ReleaseError, match="no io.imagefactory.sbom label"):
         push(tmp_path, repo, tiny_image(tmp_path, "nosbom", sbom=False), "1")
     other = tiny_image(tmp_path, "c")
