@@ -6,6 +6,7 @@ torch, triton and bitsandbytes are imported inside the checks, so a broken packa
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any, Callable
 
@@ -89,17 +90,19 @@ def sm_covered(det: Detection) -> Check:
         gfx = [g.gfx for g in det.gpus]
         return passed(name, f"ROCm build; GPUs {', '.join(filter(None, gfx))}")
     archs = set(det.torch.arch_list)
+    # sm_90, sm_90a (arch-specific), sm_100f (family), compute_120 (PTX): kind and number
+    parsed = [(m.group(1), int(m.group(2)), a) for a in archs if (m := re.fullmatch(r"(sm|compute)_(\d+)[a-z]?", a))]
     verdicts = []
     worst = "native"
     for gpu in det.gpus:
         major, minor = gpu.cc or (0, 0)
-        code = f"{major}{minor}"
-        if f"sm_{code}" in archs or f"sm_{code}a" in archs:
+        code = major * 10 + minor
+        if any(kind == "sm" and number == code for kind, number, _ in parsed):
             verdicts.append(f"{gpu.name} sm_{code}: native")
             continue
-        ptx = [a for a in archs if a.startswith("compute_") and int(a[8:].rstrip("a")) <= int(code)]
+        ptx = [(number, name) for kind, number, name in parsed if kind == "compute" and number <= code]
         if ptx:
-            verdicts.append(f"{gpu.name} sm_{code}: PTX only ({max(ptx)}), JIT-compiled at start")
+            verdicts.append(f"{gpu.name} sm_{code}: PTX only ({max(ptx)[1]}), JIT-compiled at start")
             worst = "ptx" if worst == "native" else worst
         else:
             verdicts.append(f"{gpu.name} sm_{code}: not in torch's arch list")

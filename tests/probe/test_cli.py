@@ -130,9 +130,18 @@ def test_nvidia_smi_rows_parse():
 
 
 @pytest.mark.parametrize("arch,status", [(("sm_80", "sm_90"), Status.PASS), (("sm_80", "compute_80"), Status.WARN),
-                                         (("sm_100", "sm_120"), Status.FAIL)])
+                                         (("sm_100", "sm_120"), Status.FAIL), (("sm_90a", "compute_120f"), Status.PASS),
+                                         (("sm_80", "compute_100f"), Status.FAIL)])
 def test_sm_coverage_native_ptx_or_missing(arch, status):
     assert verify.sm_covered(fake_detection(gpus=[h100()], arch=arch)).status is status
+
+
+def test_ptx_only_names_the_newest_usable_ptx():
+    from probe.results import Gpu
+
+    rtx5090 = Gpu(0, "NVIDIA GeForce RTX 5090", "nvidia", "12.0", None, 32_607, 32_000)
+    check = verify.sm_covered(fake_detection(gpus=[rtx5090], arch=("sm_90", "compute_90", "compute_100")))
+    assert check.status is Status.WARN and "PTX only (compute_100)" in check.reason
 
 
 @pytest.mark.parametrize("torch_cuda,driver_cuda,status", [("13.0", "13.0", Status.PASS), ("12.8", "13.0", Status.PASS),
