@@ -1,5 +1,5 @@
-"""`python -m imagefactory push|docs|summary` (registered into imagefactory.cli; also runnable alone as
-`python -m imagefactory.release_cli …`). `nox -s push-<target> -- --registry REPO` runs push.
+"""`python -m imagefactory push|docs|summary` (registered into imagefactory.cli, whose main() turns errors
+into lines and exit codes). `nox -s push-<target> -- --registry REPO` runs push.
 
   push TARGET --registry HOST[:PORT]/NAME [--release R]   publish a gated image (see imagefactory.release)
   docs [--check] [--repo REPO]                            supported-tags page + deploy files from matrix.yaml
@@ -14,15 +14,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from imagefactory.errors import ImageFactoryError
 from imagefactory.release import REPORTS_DIR, GateReport, default_release, publish, release_tags, summary_markdown, write_release_record
 from imagefactory.release_docs import DOCS_REPO, drift, generate, write
 from imagefactory.release_errors import ReleaseError
 from imagefactory.release_registry import Registry, RepoRef
-
 
 
 def _matrix(args: argparse.Namespace):
@@ -40,7 +37,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         if problems:
-            print("error: generated docs are out of date; run: python -m imagefactory.release_cli docs", file=sys.stderr)
+            print("error: generated docs are out of date; run: python -m imagefactory docs", file=sys.stderr)
             return 1
         print(f"docs in sync ({len(files)} files)")
         return 0
@@ -80,7 +77,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add push / docs / summary to `python -m imagefactory` (imagefactory.cli calls this)."""
-    push = sub.add_parser("push", help="push a gated image: immutable tag, then floating tags")
+    matrix_opt = argparse.ArgumentParser(add_help=False)  # after the command too, as build and gate take it
+    matrix_opt.add_argument("--matrix", default=argparse.SUPPRESS, help="matrix file (default: ./matrix.yaml)")
+    push = sub.add_parser("push", parents=[matrix_opt], help="push a gated image: immutable tag, then floating tags")
     push.add_argument("target", help="target id, e.g. hopper-cu130")
     push.add_argument("--registry", default=os.environ.get("IMAGEFACTORY_REGISTRY"),
                       help="HOST[:PORT]/NAME, e.g. ghcr.io/org/imagefactory (default: $IMAGEFACTORY_REGISTRY)")
@@ -90,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="also push an image whose gate ran without a GPU (the report label says so)")
     push.set_defaults(func=cmd_push)
 
-    docs = sub.add_parser("docs", help="docs/supported-tags.{md,json} and docs/deploy/ from the matrix")
+    docs = sub.add_parser("docs", parents=[matrix_opt], help="docs/supported-tags.{md,json} and docs/deploy/ from the matrix")
     docs.add_argument("--check", action="store_true", help="change nothing; exit 1 when a generated file differs")
     docs.add_argument("--repo", default=DOCS_REPO, help=f"repository the docs name (default: {DOCS_REPO})")
     docs.add_argument("--docs-dir", type=Path, default=Path("docs"))
@@ -100,26 +99,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     summary.add_argument("records", nargs="*", help="release.json files")
     summary.set_defaults(func=cmd_summary)
 
-
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m imagefactory.release_cli", description="publish gated images; generate user docs")
-    top.add_argument("--matrix", type=Path, help="matrix file (default: $IMAGEFACTORY_MATRIX or ./matrix.yaml)")
-    register(top.add_subparsers(dest="command", required=True))
-    return top
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ImageFactoryError as error:
-        for line in error.lines():
-            print(f"error: {line}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; floating tags are moved only after the immutable tag is in place", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
