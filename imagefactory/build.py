@@ -231,7 +231,7 @@ def build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line:
             raise BuildFailedError(f"{target.id}: docker build failed: {error} (log: {log})")
         image_id = iidfile.read_text().strip()
         result = replace(result, stage="gate" if opts.gate else "done", image_id=image_id, size_bytes=image_size(client, image_id))
-        _write_record(out_dir, result, start)
+        _finish(out_dir, result, start)  # the image ID is on record before the gate runs
         if opts.gate:
             gated = gate_image(client, target, image_id, release=opts.release, require_gpu=opts.require_gpu, reports_dir=opts.reports_dir)
             if not gated.passed:
@@ -257,12 +257,8 @@ def _gate_reason(gated: GateResult) -> str:
     return f"gate failed ({gated.mode} mode): {first}{more}"
 
 
-def _write_record(out_dir: Path, result: BuildResult, start: float) -> None:
-    data = asdict(replace(result, duration_s=round(time.monotonic() - start, 1)))
-    (out_dir / "build.json").write_text(json.dumps(data, indent=2) + "\n")
-
-
 def _finish(out_dir: Path, result: BuildResult, start: float) -> BuildResult:
+    """Stamp the duration so far and write reports/<target>/build.json."""
     result = replace(result, duration_s=round(time.monotonic() - start, 1))
     (out_dir / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result

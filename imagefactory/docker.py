@@ -1,4 +1,4 @@
-"""Docker, through one client: detection of a BuildKit-capable client, build, run, tag, inspect, save.
+"""Docker, through one client: detection of a BuildKit-capable client, build, run, tag, inspect, import.
 
 Builds need BuildKit (cache and secret mounts). `docker buildx build` is used where buildx exists,
 else the classic client with DOCKER_BUILDKIT=1 where that client accepts it (Debian's docker.io 20.10
@@ -205,13 +205,6 @@ def untag(client: DockerClient, ref: str) -> None:
         run(client.argv("image", "rm", "--no-prune", ref))
     except CommandError as error:
         raise DockerCommandError(f"removing the tag {ref}: {error.message}") from None
-
-
-def save(client: DockerClient, ref: str, out: Path) -> None:
-    try:
-        run(client.argv("save", "-o", str(out), ref))
-    except CommandError as error:
-        raise DockerCommandError(f"saving {ref}: {error.message}") from None
 
 
 def import_rootfs(client: DockerClient, tarball: Path, ref: str, changes: Sequence[str]) -> None:
