@@ -17,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from .errors import TemplateError
+from .errors import ImageFactoryError, TemplateError
 from .model import Target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -110,10 +110,15 @@ def check(rendered: dict[str, str], root: Path, *, prune: bool = True) -> list[D
     drift: list[Drift] = []
     for rel, text in sorted(rendered.items()):
         path = root / rel
-        if not path.exists():
-            drift.append(Drift(Path(rel), "missing"))
-        elif path.read_text(encoding="utf-8") != text:
+        try:
+            if not path.exists():
+                drift.append(Drift(Path(rel), "missing"))
+            elif path.read_text(encoding="utf-8") != text:
+                drift.append(Drift(Path(rel), "changed"))
+        except UnicodeDecodeError:  # not even UTF-8 text: it differs
             drift.append(Drift(Path(rel), "changed"))
+        except OSError as exc:
+            raise _cannot("read", path, exc) from None
     if prune:
         drift.extend(Drift(Path(rel), "stale") for rel in sorted(_existing(root) - set(rendered)))
     return drift
@@ -123,20 +128,31 @@ def write(rendered: dict[str, str], root: Path, *, prune: bool = True) -> list[D
     """Write changed files atomically (temp file + rename); remove stale ones. Returns what changed."""
     changes = check(rendered, root, prune=prune)
     for change in changes:
-        path = root / change.path
-        if change.kind == "stale":
-            path.unlink()
-            if not any(path.parent.iterdir()):
-                path.parent.rmdir()
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".Dockerfile.")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(rendered[str(change.path)])
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            _apply(change, root, rendered)
+        except OSError as exc:  # an unwritable --out, a full disk: one line naming the file
+            raise _cannot("write", root / change.path, exc) from None
     return changes
+
+
+def _apply(change: Drift, root: Path, rendered: dict[str, str]) -> None:
+    path = root / change.path
+    if change.kind == "stale":
+        path.unlink()
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".Dockerfile.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(rendered[str(change.path)])
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cannot(verb: str, path: Path, exc: OSError) -> ImageFactoryError:
+    return ImageFactoryError(f"{path}: cannot {verb}: {exc.strerror or exc}")

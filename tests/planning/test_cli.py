@@ -170,3 +170,21 @@ def test_make_help_lists_the_wrappers() -> None:
     assert done.returncode == 0
     for name in ("venv", "render", "check", "test", "build/%", "gate/%", "push/%", "bootstrap"):
         assert re.search(rf"^  {re.escape(name)}\s+\S", done.stdout, re.M), name
+
+
+def test_render_into_an_unwritable_place_is_one_line(run_cli, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    res = run_cli("render", "--templates", str(FIXTURE), "--out", str(not_a_dir), "--select", "hopper-cu130")
+    assert res.code == 1 and res.err.count("\n") == 1, res.err
+    assert res.err.startswith(f"error: {not_a_dir}/dockerfiles/hopper-cu130/Dockerfile: cannot write: ")
+
+
+def test_a_dockerfile_that_is_not_utf8_counts_as_changed(run_cli, tmp_path: Path) -> None:
+    path = tmp_path / "dockerfiles/hopper-cu130/Dockerfile"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xff\xfe")
+    args = ("render", "--templates", str(FIXTURE), "--out", str(tmp_path), "--select", "hopper-cu130")
+    res = run_cli(*args, "--check")
+    assert res.code == 1 and "error: dockerfiles/hopper-cu130/Dockerfile: changed" in res.err
+    assert run_cli(*args).code == 0 and run_cli(*args, "--check").code == 0
