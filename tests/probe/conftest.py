@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from probe.detect import PACKAGES
 from probe.results import Detection, Gpu, TorchInfo
 
-NO_PACKAGES = {name: None for name in ("torch", "triton", "bitsandbytes", "transformers", "peft", "accelerate",
-                                       "flash-attn", "flash-attn-3", "xformers", "deepspeed", "numpy")}
+NO_PACKAGES = dict.fromkeys(PACKAGES)
 
 
 def fake_detection(*, gpus=(), torch=True, cuda="13.0", driver_cuda=None, packages=None, arch=()) -> Detection:

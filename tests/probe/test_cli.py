@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -106,7 +107,8 @@ def test_missing_torch_is_a_clear_failure_not_a_crash(monkeypatch, capsys):
 
 
 def test_detection_imports_with_the_standard_library_alone():
-    code = ("import sys; import probe.cli, probe.detect, probe.decide, probe.verify, probe.report, probe.warm; "
+    code = ("import sys; import probe.cli, probe.detect, probe.decide, probe.verify, probe.report, probe.warm, "
+            "probe.expect, probe.shapes, probe.select; "
             "heavy = {'torch', 'triton', 'bitsandbytes', 'numpy'} & set(sys.modules); print(sorted(heavy))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -153,8 +155,7 @@ def test_driver_new_enough(torch_cuda, driver_cuda, status):
 
 def test_gpu_listed_but_invisible_to_torch_fails_unless_hidden(monkeypatch):
     det = fake_detection(gpus=[h100()])
-    det = type(det)(**{**det.__dict__, "torch": det.torch.__class__(**{**det.torch.__dict__,
-                                                                          "cuda_available": False})})
+    det = dataclasses.replace(det, torch=dataclasses.replace(det.torch, cuda_available=False))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     assert verify.gpu_visible(det, False).status is Status.FAIL
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
@@ -190,9 +191,32 @@ def test_rocm_expectations():
     from probe.results import Gpu
 
     det = fake_detection(gpus=[Gpu(0, "AMD Instinct MI300X", "amd", None, "gfx942", 196_000, 190_000)])
-    det = type(det)(**{**det.__dict__, "torch": det.torch.__class__(**{**det.torch.__dict__, "cuda": None,
-                                                                          "hip": "6.4.43482-0f2d60242"})})
+    det = dataclasses.replace(det, torch=dataclasses.replace(det.torch, cuda=None, hip="6.4.43482-0f2d60242"))
     by_key = {c.name: c.status for c in expect.check({"gfx": "gfx942", "rocm": "6.4", "cuda": "13.0"}, det)}
     assert by_key == {"expect.gfx": Status.PASS, "expect.rocm": Status.PASS, "expect.cuda": Status.FAIL}
     assert expect.check({"gfx": "gfx90a"}, det)[0].status is Status.FAIL
     assert expect.check({"gfx": "gfx942"}, fake_detection())[0].status is Status.SKIP
+
+
+@pytest.mark.parametrize("declared,status", [("9.0", Status.PASS), ("8.9,9.0", Status.PASS), ("8.0", Status.FAIL)])
+def test_declared_sm_list_against_the_gpu(declared, status):
+    check = expect.check({"sm": declared}, fake_detection(gpus=[h100()]))[0]
+    assert check.status is status and check.numbers == {"declared": declared, "found": "9.0"}
+    assert expect.check({"sm": declared}, fake_detection())[0].status is Status.SKIP
+
+
+def test_bitsandbytes_library_must_match_torchs_cuda():
+    bnb = {"packages": {"bitsandbytes": "0.50.2"}}
+
+    def loaded(library, **kw):
+        det = fake_detection(**kw, **bnb)
+        return verify.bitsandbytes_loads(dataclasses.replace(det, bitsandbytes_library=library), {})
+
+    lib = "/opt/venv/lib/python3.11/site-packages/bitsandbytes/libbitsandbytes_cuda{}.so"
+    assert loaded(lib.format("130"), gpus=[h100()], cuda="13.0").status is Status.PASS
+    wrong = loaded(lib.format("128"), gpus=[h100()], cuda="13.0")
+    assert wrong.status is Status.FAIL and "libbitsandbytes_cuda130" in wrong.reason
+    assert loaded(None, gpus=[h100()]).status is Status.FAIL  # installed, but no native library loaded
+    assert loaded("/x/libbitsandbytes_cpu.so").status is Status.PASS  # no GPU: the CPU library is right
+    missing = verify.bitsandbytes_loads(fake_detection(), {"bitsandbytes": "0.50.2"})
+    assert missing.status is Status.FAIL and "declared" in missing.reason
