@@ -61,8 +61,11 @@ def run(
 
     capture: return stdout as text (stderr still streams); otherwise stdout+stderr are merged and
     streamed to the terminal (`show`) and appended to `log`. `on_line` sees every streamed line
-    (progress displays). `check`: raise CommandError on a non-zero exit.
+    (progress displays). `check`: raise CommandError on a non-zero exit. `timeout` (captured
+    commands only): kill the command after that many seconds and raise CommandError.
     """
+    if timeout is not None and not capture:
+        raise ValueError("run(timeout=…) needs capture=True: a streamed command is read to its end")
     argv = tuple(str(a) for a in argv)
     if not quiet_echo:
         prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
@@ -77,7 +80,7 @@ def run(
             tail = tuple((done.stderr or "").strip().splitlines()[-20:])
             result = Completed(argv, done.returncode, done.stdout, tail)
         else:
-            result = _stream(argv, full_env, cwd, log, show, timeout, on_line)
+            result = _stream(argv, full_env, cwd, log, show, on_line)
     except FileNotFoundError:
         raise CommandError(f"{argv[0]}: command not found") from None
     except PermissionError:
@@ -92,7 +95,7 @@ def run(
 
 def _stream(
     argv: tuple[str, ...], env: Mapping[str, str] | None, cwd: Path | None, log: Path | None,
-    show: bool, timeout: float | None, on_line: Callable[[str], None] | None,
+    show: bool, on_line: Callable[[str], None] | None,
 ) -> Completed:
     tail: list[str] = []
     log_file: IO[str] | None = None
@@ -116,7 +119,7 @@ def _stream(
                     on_line(line.rstrip("\n"))
                 tail.append(line.rstrip("\n"))
                 del tail[:-40]
-            returncode = proc.wait(timeout=timeout)
+            returncode = proc.wait()
     finally:
         if log_file is not None:
             log_file.close()
