@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,14 +183,20 @@ def run_container(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
 ) -> Completed:
-    """`docker run --rm` with captured stdout (the probe's JSON) and streamed stderr."""
-    argv = client.argv("run", "--rm", "--network", network)
+    """`docker run --rm` with captured stdout (the probe's JSON) and streamed stderr. On a timeout the
+    container is removed too: killing the client alone leaves it running."""
+    name = f"imagefactory-{uuid.uuid4().hex[:12]}"
+    argv = client.argv("run", "--rm", "--name", name, "--network", network)
     if gpus:
         argv += ["--gpus", "all"]
     for key, value in (env or {}).items():
         argv += ["-e", f"{key}={value}"]
     argv += [image, *command]
-    return run(argv, capture=True, check=False, timeout=timeout)
+    try:
+        return run(argv, capture=True, check=False, timeout=timeout)
+    except CommandError:
+        run(client.argv("rm", "--force", name), capture=True, check=False, quiet_echo=True)
+        raise
 
 
 def tag(client: DockerClient, image_id: str, ref: str) -> None:

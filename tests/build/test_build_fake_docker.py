@@ -165,6 +165,18 @@ def test_gate_fails_on_a_smoke_exit_code_even_without_failed_checks(fake_docker,
     assert not [c for c in fake_docker.log.read_text().splitlines() if c.startswith("tag")]
 
 
+def test_a_hung_gate_step_fails_and_its_container_is_removed(fake_docker, hopper, tmp_path, monkeypatch):
+    import imagefactory.gate as gate  # noqa: PLC0415
+
+    monkeypatch.setattr(gate, "STEP_TIMEOUT_S", 0.5)
+    client = DockerClient(str(fake_docker("run\\ *) exec sleep 30 ;;\nrm\\ *) exit 0 ;;\nimage\\ inspect\\ *) echo '[]' ;;")), "classic", "20.10.24")
+    result = gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path, gpus=False)
+    assert not result.passed and "no answer within 0.5 s" in result.failing[0]
+    calls = fake_docker.log.read_text().splitlines()
+    name = calls[0].split("--name ", 1)[1].split()[0]
+    assert name.startswith("imagefactory-") and f"rm --force {name}" in calls
+
+
 def test_require_gpu_reaches_the_probe(fake_docker, hopper, tmp_path):
     client = gate_docker(fake_docker, "pass")
     gate_image(client, hopper, IMAGE, release="r1", require_gpu=True, reports_dir=tmp_path, gpus=False)
