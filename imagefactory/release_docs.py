@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory.model import Target
+from imagefactory.model import Target, immutable_tag
 from imagefactory.release_errors import ReleaseError
 
 # The repository the docs name; the release workflow publishes to ghcr.io/<owner>/imagefactory.
@@ -57,8 +57,8 @@ class SupportedTag:
         return cls(
             target_id=target.id,
             vendor=target.arch.vendor,
-            floating=(target.id, f"{target.id}-latest"),
-            immutable_pattern=f"{target.id}-torch{target.torch.version}-{RELEASE_PLACEHOLDER}",
+            floating=tuple(target.tags),
+            immutable_pattern=immutable_tag(target, RELEASE_PLACEHOLDER),
             sms=tuple(target.sms),
             gfx=tuple(target.gfx),
             toolkit=f"{'CUDA' if kind == 'cuda' else 'ROCm'} {target.toolkit.version}",
