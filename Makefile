@@ -35,7 +35,7 @@ check: $(STAMP) ## Fail (exit 1) if any rendered Dockerfile differs from matrix.
 test: $(STAMP) ## Run every test (docker/gpu tests skip themselves when absent)
 	$(PY) -m pytest
 
-lint: $(STAMP) ## render --check and hadolint on every rendered Dockerfile
+lint: $(STAMP) ## render --check, docs --check and hadolint on every rendered Dockerfile
 	$(PY) -m nox -s lint
 
 bootstrap: $(STAMP) ## Bootstrap the local base images imagefactory/base:bookworm[-build]

@@ -230,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagefactory", description="GPU image factory for LLM fine-tuning.")
     matrix_opt = argparse.ArgumentParser(add_help=False)
     # SUPPRESS on the subcommand copy: `--matrix` works before or after the subcommand.
-    matrix_opt.add_argument("--matrix", default=argparse.SUPPRESS, help="matrix file (default: ./matrix.yaml)")
-    parser.add_argument("--matrix", default=None, help="matrix file (default: $IMAGEFACTORY_MATRIX or ./matrix.yaml)")
+    matrix_help = "matrix file (default: $IMAGEFACTORY_MATRIX, else ./matrix.yaml, else the repository's)"
+    matrix_opt.add_argument("--matrix", default=argparse.SUPPRESS, help=matrix_help)
+    parser.add_argument("--matrix", default=None, help=matrix_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("targets", parents=[matrix_opt], help="list targets (table, ids, json, github, bake)")
