@@ -16,6 +16,7 @@ def fake_target(target_id: str, sms: tuple[str, ...], cuda: str, floor: str, tor
     """The attributes of imagefactory.model.Target that the generator reads."""
     return SimpleNamespace(
         id=target_id,
+        tags=(target_id, f"{target_id}-latest"),
         arch=SimpleNamespace(vendor="nvidia", description="H100, H200"),
         sms=sms,
         gfx=(),
