@@ -66,6 +66,16 @@ def test_suffix_ids_and_their_meaning(matrix: Matrix) -> None:
         assert ID_RE.match(t.id), t.id
 
 
+def test_probe_parses_every_target_id(matrix: Matrix) -> None:
+    """probe select reads target ids from registry tags with its own copy of ID_RE (the probe is
+    stdlib-only and cannot import imagefactory): the copy must accept every id planning makes."""
+    from probe.select import TARGET_ID
+
+    for t in expand(matrix).targets:
+        parsed = TARGET_ID.match(t.id)
+        assert parsed and (parsed["arch"], parsed["toolkit"]) == (t.arch.name, t.toolkit.id), t.id
+
+
 def test_ids_are_unique_and_sorted(matrix: Matrix) -> None:
     ids = [t.id for t in expand(matrix).targets]
     assert ids == sorted(set(ids))
