@@ -68,3 +68,12 @@ def test_gate_runs_on_a_gpu_runner_and_push_only_after_it() -> None:
     assert gate_step < push_step and "--require-gpu" in gate["steps"][gate_step]["run"]
     build = workflow["jobs"]["build"]["steps"][-1]["with"]
     assert build["cache-from"].startswith("type=gha") and build["cache-to"].startswith("type=gha")
+
+
+def test_build_and_gate_jobs_pass_the_same_build_args_with_the_label_values() -> None:
+    """The gate job's rebuild hits the build job's cache only with the same args; the labels need both."""
+    workflow = yaml.load((REPO_ROOT / ".github" / "workflows" / "release.yml").read_text(), Loader=yaml.BaseLoader)
+    args = [step["with"]["build-args"] for job in ("build", "gate") for step in workflow["jobs"][job]["steps"]
+            if step.get("uses", "").startswith("docker/build-push-action")]
+    assert len(args) == 2 and args[0] == args[1]
+    assert {line.split("=", 1)[0] for line in args[0].split()} >= {"SOURCE_REVISION", "BUILD_DATE"}
