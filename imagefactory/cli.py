@@ -25,7 +25,7 @@ from . import outputs, render
 from .errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, did_you_mean
 from .expand import all_targets, expand, flavors_for, id_matches, pick, resolve_target, select_targets, torches_for
 from .matrix import load_matrix
-from .model import Matrix, Target
+from .model import TRAIN_DTYPES, Matrix, Target
 from .rules import Candidate
 from .rules import explain as explain_rules
 
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("toolkit")
     p.add_argument("torch", nargs="?", help="torch version (2.7 or 2.7.1); default: the newest that works")
     p.add_argument("--flavor", help="slim, nvidia or rocm (default: the first that works)")
-    p.add_argument("--dtype", choices=("bf16", "fp16"), help="training dtype setting to check")
+    p.add_argument("--dtype", choices=TRAIN_DTYPES, help="training dtype setting to check")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("render", parents=[matrix_opt], help="write dockerfiles/<target>/Dockerfile (only if changed)")

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from packaging.version import Version
 
 from .errors import ConfigError, RefusedTargetError, UnknownTargetError, near_misses
-from .model import CellSpec, Matrix, ResolvedTorch, Target, TorchBuild, TrainDtype
+from .model import (ARCH_NAME_PATTERN, FLAVORS, TOOLKIT_ID_PATTERN, TRAIN_DTYPES, CellSpec, Matrix, ResolvedTorch,
+                    Target, TorchBuild, TrainDtype)
 from .rules import Candidate, Refusal, base_images, check, payload_for, vendor_mismatch
 
-ID_RE = re.compile(r"^(?P<arch>[a-z][a-z0-9]*)-(?P<toolkit>cu\d{3}|rocm\d+\.\d+)"
-                   r"(?:-torch(?P<torch>\d+\.\d+))?(?:-(?P<flavor>slim|nvidia|rocm))?(?:-(?P<dtype>bf16|fp16))?$")
+ID_RE = re.compile(f"^(?P<arch>{ARCH_NAME_PATTERN})-(?P<toolkit>{TOOLKIT_ID_PATTERN})"
+                   rf"(?:-torch(?P<torch>\d+\.\d+))?(?:-(?P<flavor>{'|'.join(FLAVORS)}))?"
+                   rf"(?:-(?P<dtype>{'|'.join(TRAIN_DTYPES)}))?$")
 
 
 @dataclass(frozen=True)

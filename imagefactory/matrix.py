@@ -17,7 +17,10 @@ from packaging.version import InvalidVersion, Version
 
 from .errors import ConfigError, did_you_mean
 from .model import (
+    ARCH_NAME_PATTERN,
     FLAVORS,
+    TOOLKIT_ID_PATTERN,
+    TRAIN_DTYPES,
     ArchFamily,
     BaseImages,
     Bitsandbytes,
@@ -35,8 +38,8 @@ from .model import (
 
 Path_ = tuple[str | int, ...]
 
-NAME_RE = re.compile(r"^[a-z][a-z0-9]*$")  # arch names: no '-' so target ids parse unambiguously
-TOOLKIT_RE = re.compile(r"^(cu\d{3}|rocm\d+\.\d+)$")
+NAME_RE = re.compile(f"^{ARCH_NAME_PATTERN}$")  # arch (and payload) names
+TOOLKIT_RE = re.compile(f"^({TOOLKIT_ID_PATTERN})$")
 MAJOR_MINOR_RE = re.compile(r"^\d+\.\d+$")
 IMAGE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9._-]+)?(@sha256:[0-9a-f]{64})?$")
 REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[0-9][0-9A-Za-z.+!-]*$")
@@ -536,7 +539,7 @@ def _cells(
         tk = r.reference(c.get("toolkit"), p + ("toolkit",), toolkits, "toolkit") if "toolkit" in c else None
         torch = r.reference(c["torch"], p + ("torch",), torches, "torch version") if "torch" in c else None
         flavor = r.reference(c["flavor"], p + ("flavor",), flavors, "flavor") if "flavor" in c else None
-        dtype = r.choice(c["dtype"], p + ("dtype",), ("bf16", "fp16")) if "dtype" in c else None
+        dtype = r.choice(c["dtype"], p + ("dtype",), TRAIN_DTYPES) if "dtype" in c else None
         if None in (arch, tk) or any(k in c and v is None for k, v in (("torch", torch), ("flavor", flavor),
                                                                        ("dtype", dtype))):
             continue

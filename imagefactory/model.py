@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from packaging.version import Version
 
@@ -20,6 +20,12 @@ BnbMode = Literal["source", "wheel"]
 TrainDtype = Literal["bf16", "fp16"]
 
 FLAVORS: tuple[str, ...] = ("slim", "nvidia", "rocm")
+TRAIN_DTYPES: tuple[str, ...] = get_args(TrainDtype)
+
+# The parts of a target id, as matrix.yaml's names must be spelled: the loader validates names with
+# them and expand parses ids with them. Arch names have no '-', so ids split unambiguously.
+ARCH_NAME_PATTERN = r"[a-z][a-z0-9]*"
+TOOLKIT_ID_PATTERN = r"cu\d{3}|rocm\d+\.\d+"
 
 
 def minor_of(version: str) -> str:
