@@ -26,13 +26,32 @@ def _target_ids() -> list[str]:
         from imagefactory.errors import ImageFactoryError
 
         try:
-            return [t.id for t in all_targets(load_matrix("matrix.yaml"))]
+            matrix = load_matrix("matrix.yaml")
+            ids = [t.id for t in all_targets(matrix)]
+            _explain_unknown_sessions(matrix, ids)
+            return ids
         except ImageFactoryError as exc:
             print(f"noxfile: matrix.yaml is broken, no build sessions: {exc.lines()[0]}", file=sys.stderr)
             return []
     except ImportError as exc:
         print(f"noxfile: imagefactory is not importable ({exc}); run `make venv`", file=sys.stderr)
         return []
+
+
+def _explain_unknown_sessions(matrix, ids: list[str]) -> None:
+    """nox says only "Sessions not found" for `nox -s build-<typo>`: say why, as the CLI would (near
+    misses, or the rule that refuses the cell)."""
+    from imagefactory import resolve_target
+    from imagefactory.errors import ImageFactoryError
+
+    args = sys.argv[1:sys.argv.index("--")] if "--" in sys.argv else sys.argv[1:]  # not the posargs
+    for arg in args:
+        verb, _, target = arg.partition("-")
+        if verb in ("build", "gate", "push") and target and target != "all" and target not in ids:
+            try:
+                resolve_target(matrix, target)
+            except ImageFactoryError as exc:
+                print(f"noxfile: {arg}: {exc.lines()[0]}", file=sys.stderr)
 
 
 @nox.session(venv_backend="none", tags=["planning"], default=False)

@@ -163,6 +163,16 @@ def test_nox_lists_one_build_session_per_target() -> None:
         assert re.search(rf"^[*-] {re.escape(name)}\b.* -> \S", done.stdout, re.M), name
 
 
+def test_nox_session_typo_names_the_near_misses() -> None:
+    nox = Path(sys.executable).parent / "nox"
+    if not nox.exists():
+        pytest.skip("nox not installed in this interpreter's environment")
+    done = subprocess.run([str(nox), "-s", "build-hoper-cu130"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120, check=False)
+    assert done.returncode != 0
+    assert "build-hoper-cu130: unknown target 'hoper-cu130'; did you mean: hopper-cu130" in done.stderr, done.stderr
+
+
 def test_make_help_lists_the_wrappers() -> None:
     if shutil.which("make") is None:
         pytest.skip("make not installed")
