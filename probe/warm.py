@@ -41,6 +41,13 @@ def cache_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get("TRITON_CACHE_DIR") or DEFAULT_CACHE)
 
 
+def stub_dir_for(root: Path) -> Path:
+    """Where the stub lives for a cache. Images set TRITON_LIBCUDA_PATH to it at run time too: triton >= 3.7 keys
+    its host modules on the library dirs, so the runtime must name the same dir the warm-up linked against (on a
+    GPU the loader still binds the real driver's libcuda.so.1: the stub's dir is not on the loader's path)."""
+    return root / STUB_DIR
+
+
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file with its mtime and size: a rewritten cache entry counts as written, not only a new one."""
     if not root.exists():
@@ -72,7 +79,7 @@ def build_stub(root: Path) -> Path:
     library provides a used symbol, so on a GPU the real driver is loaded and bound; and without a driver the
     modules can still be loaded (to check the cache) because every symbol resolves against the stub.
     """
-    stub_dir = root / STUB_DIR
+    stub_dir = stub_dir_for(root)
     stub = stub_dir / "libcuda.so.1"
     if stub.exists():
         return stub_dir
@@ -224,13 +231,6 @@ def kernel_launches(dtype_name: str, device: str) -> list[tuple[str, Any, tuple,
     ]
 
 
-def stub_dir_for(root: Path) -> Path:
-    """Where the stub lives for a cache. Images set TRITON_LIBCUDA_PATH to it at run time too: triton >= 3.7 keys
-    its host modules on the library dirs, so the runtime must name the same dir the warm-up linked against (on a
-    GPU the loader still binds the real driver's libcuda.so.1: the stub's dir is not on the loader's path)."""
-    return root / STUB_DIR
-
-
 def warm(sm: int, root: Path, *, build_modules: bool = True, stub_from: Path | None = None) -> WarmReport:
     """Compile every project kernel (and its launcher) for sm into root; report what was compiled or found.
 
@@ -291,7 +291,7 @@ def _point_triton_at(root: Path) -> None:
 
 def verify_warm_cache(sm: int, root: Path) -> WarmReport:
     """Replay the warm-up against a copy of the cache: every kernel and module must be found, nothing written."""
-    if not (root / STUB_DIR / "libcuda.so.1").exists():
+    if not (stub_dir_for(root) / "libcuda.so.1").exists():
         report = WarmReport(sm=sm, cache_dir=str(root))
         report.error = f"{root} holds no {STUB_DIR}/libcuda.so.1: it was not warmed by `python -m probe warm`"
         return report
