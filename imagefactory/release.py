@@ -68,7 +68,7 @@ class GateReport:
     image_id: str
     passed: bool
     compact_json: str  # the whole report, as it goes into the label
-    mode: str = "gpu"  # "gpu" or "cpu" (the gate ran without a GPU: probe + smoke on the CPU only)
+    mode: str = "unknown"  # "gpu", "cpu" (probe + smoke on the CPU only), or "unknown" (not in the report)
 
     @classmethod
     def read(cls, path: Path) -> GateReport:
@@ -86,7 +86,7 @@ class GateReport:
             image_id=str(data["image_id"]),
             passed=result is True or result == "passed",
             compact_json=json.dumps(data, separators=(",", ":"), sort_keys=True),
-            mode=str(data.get("mode", "gpu")),
+            mode=str(data.get("mode", "unknown")),  # a report that does not say GPU counts as not GPU
         )
 
 

@@ -79,7 +79,7 @@ class FakeWorld:
 
 def report(tmp_path: Path, **fields: object) -> GateReport:
     path = tmp_path / "gate.json"
-    path.write_text(json.dumps({"target": "hopper-cu130", "image_id": GATED, "result": "passed", **fields}))
+    path.write_text(json.dumps({"target": "hopper-cu130", "image_id": GATED, "result": "passed", "mode": "gpu", **fields}))
     return GateReport.read(path)
 
 
@@ -151,6 +151,15 @@ def test_refusals_before_anything_is_pushed(tmp_path: Path, fields: dict, local:
     with pytest.raises(ReleaseError, match=message):
         publish(TAGS, report(tmp_path, **fields), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert world.events == [] and world.remote == {}
+
+
+def test_a_report_that_does_not_name_its_mode_is_not_a_gpu_gate(tmp_path: Path) -> None:
+    path = tmp_path / "gate.json"
+    path.write_text(json.dumps({"target": "hopper-cu130", "image_id": GATED, "result": "passed"}))
+    world = FakeWorld()
+    with pytest.raises(ReleaseError, match="gated in unknown mode only.*--allow-cpu-gate"):
+        publish(TAGS, GateReport.read(path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    assert world.events == []
 
 
 def test_cpu_gate_allowed_when_asked(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def tiny_image(tmp_path: Path, content: str, *, sbom: bool = True) -> str:
 
 def gate_report(tmp_path: Path, image_id: str, result: str = "passed") -> GateReport:
     path = tmp_path / f"gate-{image_id[7:19]}.json"
-    path.write_text(json.dumps({"target": TARGET, "image_id": image_id, "result": result, "checks": 12}))
+    path.write_text(json.dumps({"target": TARGET, "image_id": image_id, "result": result, "mode": "gpu", "checks": 12}))
     return GateReport.read(path)
 
 
@@ -162,7 +162,7 @@ def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Pa
 
     image = tiny_image(tmp_path, "a")
     (tmp_path / "reports" / TARGET).mkdir(parents=True)
-    (tmp_path / "reports" / TARGET / "gate.json").write_text(json.dumps({"target": TARGET, "image_id": image, "result": "passed"}))
+    (tmp_path / "reports" / TARGET / "gate.json").write_text(json.dumps({"target": TARGET, "image_id": image, "result": "passed", "mode": "gpu"}))
     argv = ["push", TARGET, "--registry", str(repo), "--release", "20261127", "--reports-dir", str(tmp_path / "reports")]
     assert cli_main(argv) == 0
     record = json.loads((tmp_path / "reports" / TARGET / "release.json").read_text())
@@ -172,7 +172,7 @@ def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Pa
     assert f"`{repo}:hopper-cu130-latest`" in capsys.readouterr().out
 
     # a second push of other content under the same release: one-line refusal, exit 7
-    (tmp_path / "reports" / TARGET / "gate.json").write_text(json.dumps({"target": TARGET, "image_id": tiny_image(tmp_path, "b"), "result": "passed"}))
+    (tmp_path / "reports" / TARGET / "gate.json").write_text(json.dumps({"target": TARGET, "image_id": tiny_image(tmp_path, "b"), "result": "passed", "mode": "gpu"}))
     assert cli_main(argv) == 7
     err = capsys.readouterr().err
     assert "error: " in err and "already exists with different content" in err and "Traceback" not in err
