@@ -16,6 +16,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from .errors import ConfigError, did_you_mean
+from .expand import expand
 from .model import (
     ARCH_NAME_PATTERN,
     FLAVORS,
@@ -257,8 +258,6 @@ def parse_matrix(text: str, path: Path) -> Matrix:
     if doc.problems or matrix is None:
         problems = sorted(set(doc.problems)) or [(1, f"{path.name}:1: invalid matrix")]
         raise ConfigError([msg for _, msg in problems])
-    from .expand import expand  # noqa: PLC0415 - expand imports this module's neighbours, not the reverse
-
     expand(matrix)  # refused or duplicate explicit cells are config errors too: report them at load time
     return matrix
 
@@ -524,7 +523,7 @@ def _cells(
     m = r.mapping(value, ("cells",), {"expand": True, "extra": False})
     if m is None:
         return False, ()
-    expand = r.choice(m.get("expand"), ("cells", "expand"), ("all", "none")) if "expand" in m else None
+    expand_mode = r.choice(m.get("expand"), ("cells", "expand"), ("all", "none")) if "expand" in m else None
     extra: list[CellSpec] = []
     raw_extra = m.get("extra", [])
     if not isinstance(raw_extra, list):
@@ -544,6 +543,6 @@ def _cells(
                                                                        ("dtype", dtype))):
             continue
         extra.append(CellSpec(arch, tk, torch, flavor, dtype, r.doc.line(p)))  # type: ignore[arg-type]
-    if expand == "none" and not extra and "extra" in m:
+    if expand_mode == "none" and not extra and "extra" in m:
         r.doc.problem(("cells", "extra"), "is empty and expand is none: the matrix has no cells")
-    return expand == "all", tuple(extra)
+    return expand_mode == "all", tuple(extra)
