@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 CLI    := $(PY) -m imagefactory
 
 .DEFAULT_GOAL := help
-.PHONY: help venv render check test lint targets bootstrap
+.PHONY: help venv render check test lint targets bootstrap FORCE
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_\/%.-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,11 +41,15 @@ lint: $(STAMP) ## render --check, docs --check and hadolint on every rendered Do
 bootstrap: $(STAMP) ## Bootstrap the local base images imagefactory/base:bookworm[-build]
 	$(CLI) bootstrap
 
-build/%: $(STAMP) ## Build one target and gate it, e.g. make build/hopper-cu130
+build/%: $(STAMP) FORCE ## Build one target and gate it, e.g. make build/hopper-cu130
 	$(CLI) build $*
 
-gate/%: $(STAMP) ## Run the probe + smoke gate in a built target image
+gate/%: $(STAMP) FORCE ## Run the probe + smoke gate in a built target image
 	$(CLI) gate $*
 
-push/%: $(STAMP) ## Push a gated target image
+push/%: $(STAMP) FORCE ## Push a gated target image
 	$(CLI) push $*
+
+# build/% and friends name commands, not files: FORCE runs them even where a path build/<id> exists
+# (pattern rules cannot be .PHONY).
+FORCE:
