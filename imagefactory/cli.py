@@ -135,9 +135,9 @@ def show_table(t: Target) -> Table:
                          f"@ {t.bitsandbytes.git_ref}; fallback {t.bitsandbytes.fallback or 'none'})",
          p["bitsandbytes"]),
         ("payload", f"{t.payload_name}: {', '.join(t.payload_requirements)}", p["payload"]),
-        ("optional", ", ".join(t.optional_requirements) or "-", "optional"),
+        ("optional", ", ".join(t.optional_requirements) or "-", p["optional"]),
         ("train dtype", t.train_dtype, p["train_dtype"]),
-        ("warm triton cache", "yes" if t.warm_triton_cache else "no", "warm_triton_cache (NVIDIA only)"),
+        ("warm triton cache", "yes" if t.warm_triton_cache else "no", p["warm_triton_cache"]),
         ("tags", ", ".join(f"{t.image_repo}:{tag}" for tag in t.tags), p["image_repo"]),
         ("dockerfile", t.dockerfile, "render"),
     ]

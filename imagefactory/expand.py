@@ -163,6 +163,8 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
                    f"torch {torch.version}, python {python})",
         "train_dtype": ("cells.extra" if cand.dtype else f"{matrix.where('arches', arch.name, 'capabilities')} "
                         f"({'has' if dtype == 'bf16' else 'no'} bf16)"),
+        "optional": matrix.where("optional"),
+        "warm_triton_cache": f"{matrix.where('warm_triton_cache')} (CUDA targets only)",
         "image_repo": matrix.where("image_repo"),
     }
     return Target(

@@ -48,13 +48,17 @@ def test_why_not(run_cli) -> None:
     assert {c["id"] for c in data} == {"blackwell-cu118", "blackwell-cu121", "blackwell-cu124", "blackwell-cu126"}
 
 
-def test_show_prints_values_and_sources(run_cli) -> None:
+def test_show_prints_values_and_sources(run_cli, matrix) -> None:
     res = run_cli("show", "hopper-cu130")
     assert res.code == 0
+    assert matrix.where("optional") in res.out and matrix.where("warm_triton_cache") in res.out
     for text in ("2.14.1", "3.8.0", "imagefactory/base:bookworm", "3.11", "slim", "0.50.2", "matrix.yaml:",
                  "cuda-toolkit[nvcc"):
         assert text in res.out, text
-    assert json.loads(run_cli("show", "hopper-cu130", "--format", "json").out)["id"] == "hopper-cu130"
+    shown = json.loads(run_cli("show", "hopper-cu130", "--format", "json").out)
+    assert shown["id"] == "hopper-cu130"
+    for field, source in shown["provenance"].items():  # every value names the line it came from
+        assert re.match(r"matrix\.yaml:\d+ ", source), (field, source)
 
 
 def test_unknown_target_one_line_with_near_misses(run_cli) -> None:
