@@ -52,3 +52,22 @@ def test_schema_and_loader_agree_on_rejections(matrix_data: dict, path: tuple, v
         jsonschema.validate(bad, SCHEMA)
     with pytest.raises(ConfigError):
         parse_matrix(yaml.safe_dump(bad, sort_keys=False), Path("matrix.yaml"))
+
+
+def test_schema_spells_the_vocabulary_as_the_loader_does() -> None:
+    """The schema is JSON and cannot import the loader's tables: pin each copy to its original."""
+    from imagefactory import matrix as loader
+    from imagefactory.model import FLAVORS, TRAIN_DTYPES
+
+    props, defs = SCHEMA["properties"], SCHEMA["$defs"]
+    assert set(props) == set(loader.TOP_KEYS)
+    assert set(SCHEMA["required"]) == {key for key, required in loader.TOP_KEYS.items() if required}
+    assert defs["flavorName"]["enum"] == list(FLAVORS)
+    assert defs["nvccSource"]["properties"]["from"]["enum"] == list(loader.NVCC_ORIGINS)
+    assert defs["requirement"]["pattern"] == loader.REQUIREMENT_RE.pattern
+    assert defs["imageRef"]["pattern"] == loader.IMAGE_REF_RE.pattern
+    arch = props["arches"]
+    assert arch["propertyNames"]["pattern"] == loader.NAME_RE.pattern
+    assert arch["additionalProperties"]["properties"]["capabilities"]["items"]["enum"] == list(loader.CAPABILITIES)
+    cell = props["cells"]["properties"]["extra"]["items"]["properties"]
+    assert cell["dtype"]["enum"] == list(TRAIN_DTYPES)
