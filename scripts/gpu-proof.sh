@@ -7,37 +7,45 @@
 #   3. probe + smoke together under 90 s;
 #   plus the warm cache checked on the CPU (GPU hidden), as the image gate does, and the GPU-marked pytest tests.
 # Usage: scripts/gpu-proof.sh [OUTDIR]   (default reports/gpu-proof; JSON documents and summary.json land there)
+#   GPU_SM=8.6 overrides the SM read from nvidia-smi (GPU 0).
 set -uo pipefail
 out=${1:-reports/gpu-proof}
 py=${PYTHON:-python3}
+cap=${GPU_SM:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1)}
+if [[ ! $cap =~ ^[0-9]+\.[0-9]$ ]]; then
+  echo "gpu-proof: no NVIDIA GPU's compute capability from nvidia-smi (got '${cap}'); set GPU_SM=9.0" >&2
+  exit 2
+fi
+sm=${cap/./}
 mkdir -p "$out"
 work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 cold_probe="$work/cold-probe-cache" cold="$work/cold-smoke-cache" warmc="$work/warm-cache"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 now() { date +%s.%N; }
 
 echo "== 1+3. probe then smoke, cold Triton cache"
 t0=$(now)
-TRITON_CACHE_DIR=$cold_probe $py -m probe --json --model-size 8b --expect sm=9.0 >"$out/probe-cold.json" 2>"$out/probe-cold.err"; rc_probe_cold=$?
+TRITON_CACHE_DIR=$cold_probe $py -m probe --json --model-size 8b --expect sm=$cap >"$out/probe-cold.json" 2>"$out/probe-cold.err"; rc_probe_cold=$?
 t1=$(now)
 TRITON_CACHE_DIR=$cold $py -m probe smoke --json >"$out/smoke-cold.json" 2>"$out/smoke-cold.err"; rc_smoke_cold=$?
 t2=$(now)
 
-echo "== 2. warm with the GPU hidden"
-CUDA_VISIBLE_DEVICES= $py -m probe warm --sm 90 --cache-dir "$warmc" >"$out/warm.txt" 2>&1; rc_warm=$?
+echo "== 2. warm for sm_$sm with the GPU hidden"
+CUDA_VISIBLE_DEVICES= $py -m probe warm --sm $sm --cache-dir "$warmc" >"$out/warm.txt" 2>&1; rc_warm=$?
 t3=$(now)
 cat "$out/warm.txt"
 
 echo "== 2+3. probe (warm-cache check on the GPU) then smoke, warm Triton cache"
 # as the image does: triton >= 3.7 keys its host modules on the libcuda dir the warm-up linked against
 export TRITON_LIBCUDA_PATH=$warmc/imagefactory-stub
-TRITON_CACHE_DIR=$warmc PROBE_EXPECT_WARM_CACHE=1 PROBE_EXPECT_SM=9.0 $py -m probe --json >"$out/probe-warm.json" 2>"$out/probe-warm.err"; rc_probe_warm=$?
+TRITON_CACHE_DIR=$warmc PROBE_EXPECT_WARM_CACHE=1 PROBE_EXPECT_SM=$cap $py -m probe --json >"$out/probe-warm.json" 2>"$out/probe-warm.err"; rc_probe_warm=$?
 t4=$(now)
 TRITON_CACHE_DIR=$warmc $py -m probe smoke --json >"$out/smoke-warm.json" 2>"$out/smoke-warm.err"; rc_smoke_warm=$?
 t5=$(now)
 
 echo "== the gate's CPU check of the warm cache (GPU hidden)"
-CUDA_VISIBLE_DEVICES= TRITON_CACHE_DIR=$warmc PROBE_EXPECT_WARM_CACHE=1 PROBE_EXPECT_SM=9.0 $py -m probe --json >"$out/probe-cpu-warmcheck.json" 2>"$out/probe-cpu.err"; rc_cpu=$?
+CUDA_VISIBLE_DEVICES= TRITON_CACHE_DIR=$warmc PROBE_EXPECT_WARM_CACHE=1 PROBE_EXPECT_SM=$cap $py -m probe --json >"$out/probe-cpu-warmcheck.json" 2>"$out/probe-cpu.err"; rc_cpu=$?
 
 echo "== GPU tests and the warm-cache tests"
 unset TRITON_LIBCUDA_PATH
