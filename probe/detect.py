@@ -97,12 +97,16 @@ def _nvidia() -> tuple[list[Gpu], str | None, str | None]:
     return gpus, driver, cuda
 
 
+def parse_rocminfo(text: str) -> list[Gpu]:
+    """GPU agents of `rocminfo` (`Name: gfx942`; CPU agents and `Marketing Name:` lines do not match)."""
+    names = re.findall(r"^\s*Name:\s*(gfx[0-9a-f]+)", text, re.M)
+    return [Gpu(i, f"AMD {gfx}", "amd", None, gfx, 0, 0) for i, gfx in enumerate(names)]
+
+
 def _amd() -> tuple[list[Gpu], str | None]:
     if not os.path.exists("/dev/kfd"):
         return [], None
-    out = _run(["rocminfo"]) or ""
-    names = [n for n in re.findall(r"^\s*Name:\s*(gfx[0-9a-f]+)", out, re.M)]
-    gpus = [Gpu(i, f"AMD {gfx}", "amd", None, gfx, 0, 0) for i, gfx in enumerate(names)]
+    gpus = parse_rocminfo(_run(["rocminfo"]) or "")
     version = None
     try:
         with open("/sys/module/amdgpu/version", encoding="utf-8") as f:

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 
 from probe import cli, expect, verify
-from probe.detect import parse_nvidia_smi
+from probe.detect import parse_nvidia_smi, parse_rocminfo
 from probe.results import Status
 from tests.probe.conftest import fake_detection, h100
 
@@ -129,6 +129,14 @@ def test_nvidia_smi_rows_parse():
     assert driver == "580.159.04"
     assert [(g.name, g.cc, g.vram_total_mib) for g in gpus] == [("NVIDIA H200", (9, 0), 143771),
                                                                  ("Tesla V100-SXM2-16GB", (7, 0), 16384)]
+
+
+def test_rocminfo_gpu_agents_parse():
+    text = ("Agent 1\n  Name:                    AMD EPYC 9654 96-Core Processor\n  Marketing Name:          AMD EPYC\n"
+            "Agent 2\n  Name:                    gfx942\n  Marketing Name:          AMD Instinct MI300X\n"
+            "  ISA 1\n    Name:                    amdgcn-amd-amdhsa--gfx942:sramecc+:xnack-\n"
+            "Agent 3\n  Name:                    gfx942\n")
+    assert [(g.index, g.gfx, g.vendor) for g in parse_rocminfo(text)] == [(0, "gfx942", "amd"), (1, "gfx942", "amd")]
 
 
 @pytest.mark.parametrize("arch,status", [(("sm_80", "sm_90"), Status.PASS), (("sm_80", "compute_80"), Status.WARN),
