@@ -60,7 +60,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
     matrix = matrix_from_args(args)
     if args.why_not:
         return _why_not(matrix, args)
-    targets = select_targets(matrix, args.select) if args.select else list(all_targets(matrix))
+    targets = select_targets(matrix, args.select or "*")
     fmt = args.format
     if fmt == "json":
         sys.stdout.write(outputs.targets_json(targets))
@@ -203,7 +203,7 @@ def _first_candidate(matrix: Matrix, arch: str, toolkit: str, torch: str | None,
 
 def cmd_render(args: argparse.Namespace) -> int:
     matrix = matrix_from_args(args)
-    targets = select_targets(matrix, args.select) if args.select else list(all_targets(matrix))
+    targets = select_targets(matrix, args.select or "*")
     templates = Path(args.templates) if args.templates else None
     root = Path(args.out) if args.out else render.REPO_ROOT
     rendered = render.render_all(targets, templates)
