@@ -156,10 +156,15 @@ def test_python_dash_m_entry_point() -> None:
     assert "Traceback" not in done.stderr and "did you mean: hopper-cu130" in done.stderr
 
 
-def test_nox_lists_one_build_session_per_target() -> None:
-    nox = Path(sys.executable).parent / "nox"
-    if not nox.exists():
+@pytest.fixture
+def nox() -> Path:
+    path = Path(sys.executable).parent / "nox"
+    if not path.exists():
         pytest.skip("nox not installed in this interpreter's environment")
+    return path
+
+
+def test_nox_lists_one_build_session_per_target(nox: Path) -> None:
     done = subprocess.run([str(nox), "-l"], capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     for name in ("build-ampere-cu121", "build-hopper-cu130", "build-blackwell-cu128", "build-cdna3-rocm6.2",
@@ -167,10 +172,7 @@ def test_nox_lists_one_build_session_per_target() -> None:
         assert re.search(rf"^[*-] {re.escape(name)}\b.* -> \S", done.stdout, re.M), name
 
 
-def test_nox_session_typo_names_the_near_misses() -> None:
-    nox = Path(sys.executable).parent / "nox"
-    if not nox.exists():
-        pytest.skip("nox not installed in this interpreter's environment")
+def test_nox_session_typo_names_the_near_misses(nox: Path) -> None:
     done = subprocess.run([str(nox), "-s", "build-hoper-cu130"], capture_output=True, text=True, cwd=REPO,
                           timeout=120, check=False)
     assert done.returncode != 0
