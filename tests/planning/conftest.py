@@ -15,7 +15,6 @@ from imagefactory.model import Matrix
 
 REPO = Path(__file__).resolve().parents[2]
 MATRIX_PATH = REPO / "matrix.yaml"
-GOLDEN = REPO / "tests" / "golden"
 
 
 @pytest.fixture(scope="session")
