@@ -70,7 +70,7 @@ def _batch(torch, gen, device):
     return ids.to(device)
 
 
-def _quantize(model, torch, dtype, device) -> str:
+def _quantize(model, dtype, device) -> None:
     """Swap the decoder's projections for bitsandbytes nf4 layers (quantized when moved to the device)."""
     import bitsandbytes as bnb  # noqa: PLC0415
 
@@ -85,7 +85,6 @@ def _quantize(model, torch, dtype, device) -> str:
                 new.weight = bnb.nn.Params4bit(old.weight.data.to("cpu", dtype), requires_grad=False,
                                                quant_type="nf4")
                 setattr(parent, name, new.to(device))
-    return "nf4"
 
 
 GPU_STEPS, CPU_STEPS = 30, 15  # the CPU default keeps a 2-core gate run near 30 s
@@ -124,7 +123,7 @@ def run(steps: int | None = None) -> tuple[list[Check], dict[str, Any]]:
     model = transformers.LlamaForCausalLM(config).to(dtype)
     model.requires_grad_(False)
     try:
-        _quantize(model, torch, dtype, device)
+        _quantize(model, dtype, device)
         model.to(device)
         with torch.no_grad():
             model(_batch(torch, torch.Generator().manual_seed(1), device)[:1, :8])
