@@ -25,7 +25,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # Family name → the SMs its images are built for; used only when the candidates come from a bare
@@ -126,7 +126,7 @@ class Candidate:
     driver_floor: int | None
     torch: str | None
     floating_tags: tuple[str, ...] = ()
-    immutable_tags: tuple[str, ...] = field(default=())
+    immutable_tags: tuple[str, ...] = ()
 
     @property
     def best_tag(self) -> str:
