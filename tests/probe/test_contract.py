@@ -10,6 +10,7 @@ from imagefactory.expand import all_targets
 from imagefactory.matrix import load_matrix
 from probe import expect
 from probe.decide import Hardware, choose_dtype, choose_fp8
+from probe.select import candidates_from_tags
 
 MATRIX = load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml")
 
@@ -32,3 +33,13 @@ def test_declared_capabilities_agree_with_the_decisions(arch):
             hw = Hardware("amd", gfx=chip)
         assert (choose_dtype(hw).value == "bfloat16") == ("bf16" in arch.capabilities), chip
         assert choose_fp8(hw).value == ("fp8" in arch.capabilities), chip
+
+
+def test_select_recognises_every_target_by_its_tags():
+    """`probe select --repo` knows targets only from tag names (its TARGET_ID mirrors planning's id format)."""
+    targets = all_targets(MATRIX)
+    by_id = {c.target_id: c for c in candidates_from_tags([tag for t in targets for tag in t.tags])}
+    assert set(by_id) == {t.id for t in targets}
+    for t in targets:
+        assert set(by_id[t.id].floating_tags) == set(t.tags)
+        assert by_id[t.id].sms == (t.sms if t.arch.vendor == "nvidia" else ())
