@@ -116,17 +116,7 @@ def _smoke(args: argparse.Namespace) -> int:
     if args.json:
         print(report.dumps(doc))
     else:
-        lines = [f"Smoke training on {info.get('device', '?')} ({info.get('dtype', '?')}, "
-                 f"{info.get('optimizer', '?')})"]
-        if "first_step_s" in info:
-            line = (f"  first step {info['first_step_s']:.3f} s, steady {info['steady_step_s'] * 1e3:.1f} ms, "
-                    f"{info['tokens_per_s']:,.0f} tokens/s")
-            if info.get("peak_memory_mib") is not None:
-                line += f", peak memory {info['peak_memory_mib']} MiB"
-            if info.get("first_step_triton_compiles") is not None:
-                line += f", Triton compiles in first step: {info['first_step_triton_compiles']}"
-            lines.append(line)
-        print("\n".join(lines + report.render_checks(checks)))
+        print("\n".join(report.render_smoke(info) + report.render_checks(checks)))
     return doc["exit_code"]
 
 

@@ -79,6 +79,20 @@ def render_decisions(decisions: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_smoke(info: dict[str, Any]) -> list[str]:
+    """The smoke run's figures; GPU-only ones (peak memory, Triton compiles) are left out when absent."""
+    lines = [f"Smoke training on {info.get('device', '?')} ({info.get('dtype', '?')}, {info.get('optimizer', '?')})"]
+    if "first_step_s" in info:
+        line = (f"  first step {info['first_step_s']:.3f} s, steady {info['steady_step_s'] * 1e3:.1f} ms, "
+                f"{info['tokens_per_s']:,.0f} tokens/s")
+        if info.get("peak_memory_mib") is not None:
+            line += f", peak memory {info['peak_memory_mib']} MiB"
+        if info.get("first_step_triton_compiles") is not None:
+            line += f", Triton compiles in first step: {info['first_step_triton_compiles']}"
+        lines.append(line)
+    return lines
+
+
 def render_checks(checks: list[Check]) -> list[str]:
     lines = ["Checks"]
     for c in checks:

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from probe import cli, expect, verify
+from probe import cli, expect, report, verify
 from probe.detect import parse_nvidia_smi, parse_rocminfo
 from probe.results import Status
 from tests.probe.conftest import fake_detection, h100
@@ -228,3 +228,14 @@ def test_bitsandbytes_library_must_match_torchs_cuda():
     assert loaded("/x/libbitsandbytes_cpu.so").status is Status.PASS  # no GPU: the CPU library is right
     missing = verify.bitsandbytes_loads(fake_detection(), {"bitsandbytes": "0.50.2"})
     assert missing.status is Status.FAIL and "declared" in missing.reason
+
+
+def test_readable_smoke_figures_name_gpu_only_numbers_only_on_the_gpu():
+    run = {"device": "NVIDIA H200", "dtype": "bfloat16", "optimizer": "bitsandbytes AdamW8bit", "first_step_s": 0.2345,
+           "steady_step_s": 0.0123, "tokens_per_s": 83_252.0, "peak_memory_mib": 412.5, "first_step_triton_compiles": 0}
+    assert report.render_smoke(run) == [
+        "Smoke training on NVIDIA H200 (bfloat16, bitsandbytes AdamW8bit)",
+        "  first step 0.234 s, steady 12.3 ms, 83,252 tokens/s, peak memory 412.5 MiB, Triton compiles in first step: 0"]
+    cpu = report.render_smoke(run | {"device": "cpu", "peak_memory_mib": None, "first_step_triton_compiles": None})
+    assert cpu[1] == "  first step 0.234 s, steady 12.3 ms, 83,252 tokens/s"
+    assert report.render_smoke({}) == ["Smoke training on ? (?, ?)"]  # the suite crashed before it ran
