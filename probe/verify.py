@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from functools import partial
 from typing import Any, Callable
 
 from probe.results import Check, Detection, failed, one_line, passed, skipped, warned
@@ -356,19 +357,22 @@ def _against(name: str, what: str, value: float, unit: str, peak: float | None, 
 
 
 def run_all(det: Detection, expected: dict[str, str], require_gpu: bool) -> list[Check]:
-    checks: list[Check] = [gpu_visible(det, require_gpu), driver_new_enough(det), sm_covered(det),
-                           bitsandbytes_loads(det, expected)]
-    if det.torch is None:
-        return checks  # everything below needs torch; gpu.visible already failed with the reason
-    # the warm-cache check must see the first launch of the project kernels in this process: before triton.kernel
-    for step in (lambda: warm_cache(det, expected), lambda: nf4_matmul(det), lambda: optimizer_8bit(det),
-                 lambda: triton_kernel(det), lambda: vram_allocation(det)):
+    steps = [partial(gpu_visible, det, require_gpu), partial(driver_new_enough, det), partial(sm_covered, det),
+             partial(bitsandbytes_loads, det, expected)]
+    if det.torch is not None:  # everything after these needs torch; without it gpu.visible fails with the reason
+        # the warm-cache check must see the first launch of the project kernels in this process: before triton.kernel
+        steps += [partial(warm_cache, det, expected), partial(nf4_matmul, det), partial(optimizer_8bit, det),
+                  partial(triton_kernel, det), partial(vram_allocation, det)]
+    checks: list[Check] = []
+    for step in steps:
         try:
             result = step()
         except Exception as exc:  # a check that crashes is a failed check, named
-            result = failed("check.crashed", one_line(exc))
+            result = failed("check.crashed", f"{step.func.__name__} raised {one_line(exc)}")
         if result is not None:
             checks.append(result)
+    if det.torch is None:
+        return checks
     try:
         checks.extend(benchmarks(det))
     except Exception as exc:

@@ -239,3 +239,15 @@ def test_readable_smoke_figures_name_gpu_only_numbers_only_on_the_gpu():
     cpu = report.render_smoke(run | {"device": "cpu", "peak_memory_mib": None, "first_step_triton_compiles": None})
     assert cpu[1] == "  first step 0.234 s, steady 12.3 ms, 83,252 tokens/s"
     assert report.render_smoke({}) == ["Smoke training on ? (?, ?)"]  # the suite crashed before it ran
+
+
+def test_a_crashing_check_is_a_named_failure_not_a_traceback(cpu_host, capsys, monkeypatch):
+    def broken(det):
+        raise ValueError("odd arch list")
+
+    monkeypatch.setattr(verify, "sm_covered", broken)
+    code, doc = run_json(capsys)
+    assert code == 1
+    crashed = next(c for c in doc["checks"] if c["name"] == "check.crashed")
+    assert crashed["status"] == "fail" and crashed["reason"] == "broken raised ValueError: odd arch list"
+    assert statuses(doc)["gpu.visible"] == "skip"  # the other checks still ran
