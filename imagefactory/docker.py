@@ -179,7 +179,7 @@ def run_container(
     command: Sequence[str],
     *,
     network: str = "none",
-    gpus: bool = False,
+    gpu_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
 ) -> Completed:
@@ -187,8 +187,7 @@ def run_container(
     container is removed too: killing the client alone leaves it running."""
     name = f"imagefactory-{uuid.uuid4().hex[:12]}"
     argv = client.argv("run", "--rm", "--name", name, "--network", network)
-    if gpus:
-        argv += ["--gpus", "all"]
+    argv += list(gpu_args)
     for key, value in (env or {}).items():
         argv += ["-e", f"{key}={value}"]
     argv += [image, *command]
@@ -224,9 +223,20 @@ def import_rootfs(client: DockerClient, tarball: Path, ref: str, changes: Sequen
         raise DockerCommandError(f"importing {tarball} as {ref}: {error.message}") from None
 
 
-def host_has_nvidia_gpus() -> bool:
-    """True when the host shows NVIDIA GPUs (nvidia-smi lists one); then the gate passes --gpus all."""
+def host_has_gpus(vendor: str) -> bool:
+    """True when the host shows GPUs of that vendor: nvidia-smi lists one (NVIDIA), or ROCm's kernel
+    driver node /dev/kfd exists (AMD). Then the gate hands them to the container (gpu_run_args)."""
+    if vendor == "amd":
+        return Path("/dev/kfd").exists()
     if shutil.which("nvidia-smi") is None:
         return False
     done = run(["nvidia-smi", "-L"], capture=True, check=False, quiet_echo=True, timeout=30)
     return done.ok and "GPU" in done.stdout
+
+
+def gpu_run_args(vendor: str) -> tuple[str, ...]:
+    """How `docker run` gives a container the host's GPUs: NVIDIA's container toolkit hook, or ROCm's
+    device nodes plus the group that owns them (AMD's documented docker flags)."""
+    if vendor == "amd":
+        return ("--device", "/dev/kfd", "--device", "/dev/dri", "--group-add", "video")
+    return ("--gpus", "all")

@@ -1,7 +1,7 @@
 """The gate: a candidate image (by ID) proves itself with its own probe and smoke suite, then is tagged.
 
-Both steps run inside the image with `--network none` (and `--gpus all` when the host shows NVIDIA
-GPUs). Only when both pass is the image tagged `<repo>:<target>`, `<repo>:<target>-latest` and the
+Both steps run inside the image with `--network none`, and with the host's GPUs of the target's vendor
+when it has any (`--gpus all` for NVIDIA, ROCm's device nodes for AMD). Only when both pass is the image tagged `<repo>:<target>`, `<repo>:<target>-latest` and the
 immutable tag. A failed gate leaves no such tag on the image (also none that an earlier pass gave it),
 prints the failing checks and keeps the report in reports/<target>/ (gate.json, probe.json,
 smoke.json) — the file the release step reads.
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .docker import DockerClient, DockerCommandError, host_has_nvidia_gpus, image_exists, image_inspect, run_container, tag, untag
+from .docker import DockerClient, DockerCommandError, gpu_run_args, host_has_gpus, image_exists, image_inspect, run_container, tag, untag
 from .errors import GateFailedError
 from .model import Target, immutable_tag
 from .release import release_tags
@@ -99,9 +99,9 @@ def step_commands(require_gpu: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return (("probe", probe), ("smoke", smoke))
 
 
-def run_step(client: DockerClient, image_id: str, name: str, argv: tuple[str, ...], gpus: bool, out_dir: Path) -> StepResult:
+def run_step(client: DockerClient, image_id: str, name: str, argv: tuple[str, ...], gpu_args: tuple[str, ...], out_dir: Path) -> StepResult:
     try:
-        done = run_container(client, image_id, argv, network="none", gpus=gpus, timeout=STEP_TIMEOUT_S)
+        done = run_container(client, image_id, argv, network="none", gpu_args=gpu_args, timeout=STEP_TIMEOUT_S)
     except CommandError as error:
         return StepResult(name, argv, -1, (error.message,), "")
     report_name = f"{name}.json"
@@ -136,14 +136,16 @@ def gate_image(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("gate.json", "probe.json", "probe.out", "smoke.json", "smoke.out"):
         (out_dir / stale).unlink(missing_ok=True)  # a report must describe this image only
-    gpus = host_has_nvidia_gpus() if gpus is None else gpus
+    vendor = target.arch.vendor
+    gpus = host_has_gpus(vendor) if gpus is None else gpus
     mode: GateMode = "gpu" if gpus else "cpu"
+    gpu_args = gpu_run_args(vendor) if gpus else ()
     if not gpus:
-        echo(f"gate {target.id}: no NVIDIA GPU on this host: CPU mode (GPU checks skipped"
+        echo(f"gate {target.id}: no {'AMD' if vendor == 'amd' else 'NVIDIA'} GPU on this host: CPU mode (GPU checks skipped"
              f"{'; --require-gpu makes that a failure' if require_gpu else ''})")
     steps = []
     for name, argv in step_commands(require_gpu):
-        step = run_step(client, image_id, name, argv, gpus, out_dir)
+        step = run_step(client, image_id, name, argv, gpu_args, out_dir)
         steps.append(step)
         if not step.passed:
             break  # smoke training on an image whose probe failed proves nothing

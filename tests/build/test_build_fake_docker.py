@@ -11,6 +11,7 @@ import pytest
 from imagefactory.docker import DockerClient, DockerSetupError, detect
 from imagefactory.gate import gate_image, require_pass
 from imagefactory.errors import GateFailedError
+from imagefactory.expand import resolve_target
 
 HELP_WITH_SECRET = 'build\\ --help) [ "$DOCKER_BUILDKIT" = 1 ] && echo "  --secret stringArray" && exit 0; exit 1 ;;'
 SERVER_20 = 'version\\ *) echo 20.10.24+dfsg1 ;;'
@@ -199,3 +200,13 @@ def test_bootstrap_skips_bases_that_exist(fake_docker):
 
     client = DockerClient(str(fake_docker("image\\ inspect\\ *) echo '[{\"Id\": \"sha256:1\"}]' ;;")), "classic", "20.10.24")
     assert bootstrap(client) == []
+
+
+def test_gate_hands_an_amd_target_rocm_device_nodes_not_nvidia_gpus(fake_docker, matrix, tmp_path):
+    amd = resolve_target(matrix, "cdna3-rocm6.2")
+    client = gate_docker(fake_docker, "fail")
+    result = gate_image(client, amd, IMAGE, release="r1", reports_dir=tmp_path, gpus=True)
+    run_call = next(c for c in fake_docker.log.read_text().splitlines() if c.startswith("run"))
+    assert result.mode == "gpu"
+    assert "--device /dev/kfd --device /dev/dri --group-add video" in run_call
+    assert "--gpus" not in run_call
