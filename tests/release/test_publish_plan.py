@@ -93,6 +93,8 @@ def test_tags_shape() -> None:
     assert TAGS.floating == ("hopper-cu130", "hopper-cu130-latest")
     with pytest.raises(ReleaseError, match="release 'bad/one'"):
         release_tags(HOPPER, "bad/one")
+    with pytest.raises(ReleaseError, match="'latest' is a floating name"):
+        release_tags(HOPPER, "Latest")
 
 
 def test_immutable_first_then_floating_all_at_one_digest(tmp_path: Path) -> None:
