@@ -269,19 +269,20 @@ def run(steps: int | None = None) -> tuple[list[Check], dict[str, Any]]:
                                                  f"ms/step, {tokens / steady:,.0f} tokens/s",
                              first_step_s=info["first_step_s"], compiles=compiles,
                              new_cache_files=len(first_new_files)))
-        checks.extend(kernel_tests(torch))
+        checks.extend(kernel_tests(torch, dtype))
     else:
         checks.append(skipped("smoke.kernel_tests", "no GPU: the Triton kernels are tested on the GPU only"))
     return checks, info
 
 
-def kernel_tests(torch) -> list[Check]:
-    """Each Triton kernel, forward and backward, against PyTorch in fp32 on the GPU."""
+def kernel_tests(torch, dt) -> list[Check]:
+    """Each Triton kernel, forward and backward, in the training dtype the decisions chose (bf16 on
+    8.0+, fp16 on 7.x, which has no bf16) against PyTorch in fp32 on the GPU."""
     from probe import kernels as k  # noqa: PLC0415
 
     out = []
     gen = torch.Generator(device="cuda").manual_seed(0)
-    dt = torch.bfloat16
+    dt_name = str(dt).removeprefix("torch.")
 
     def rand(*shape):
         return torch.randn(*shape, device="cuda", generator=gen).to(dt)
@@ -307,7 +308,7 @@ def kernel_tests(torch) -> list[Check]:
         worst = max(errs.values())
         numbers = {key: round(v, 5) for key, v in errs.items()} | {"bound": bound}
         status = passed if worst <= bound else failed
-        out.append(status(name, f"bf16 fwd+bwd vs PyTorch fp32: worst error {worst:.4f} relative to max (<= {bound})", **numbers))
+        out.append(status(name, f"{dt_name} fwd+bwd vs PyTorch fp32: worst error {worst:.4f} relative to max (<= {bound})", **numbers))
 
     compare("kernel.rmsnorm", lambda x, w: k.rmsnorm(x, w, 1e-5),
             lambda x, w: k.rmsnorm_reference(x, w, 1e-5), [rand(512, SMOKE.hidden), rand(SMOKE.hidden)], 0.05)

@@ -206,10 +206,12 @@ def triton_kernel(det: Detection) -> Check:
         return skipped(name, "Triton kernels need a GPU (the warm-cache check covers compilation on the CPU)")
     torch = _torch()
     try:
-        from probe import kernels  # noqa: PLC0415
+        from probe import decide, kernels  # noqa: PLC0415
 
-        x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
-        w = torch.rand(256, device="cuda", dtype=torch.bfloat16) + 0.5
+        # The dtype training will use: bf16 on 8.0+, fp16 on 7.x (V100/T4 have no bf16).
+        dtype = getattr(torch, decide.choose_dtype(decide.hardware_from(det)).value)
+        x = torch.randn(64, 256, device="cuda", dtype=dtype)
+        w = torch.rand(256, device="cuda", dtype=dtype) + 0.5
         t0 = time.perf_counter()
         got = kernels.rmsnorm(x, w, 1e-5)
         torch.cuda.synchronize()
@@ -218,7 +220,7 @@ def triton_kernel(det: Detection) -> Check:
     except Exception as exc:
         return failed(name, f"Triton RMSNorm raised {one_line(exc)}")
     if err <= 0.05:
-        return passed(name, f"Triton RMSNorm ran, max abs error {err:.4f} vs PyTorch (<= 0.05)",
+        return passed(name, f"Triton RMSNorm ran in {str(dtype).removeprefix('torch.')}, max abs error {err:.4f} vs PyTorch (<= 0.05)",
                       max_abs_err=err, first_call_s=round(seconds, 3))
     return failed(name, f"Triton RMSNorm wrong: max abs error {err:.4f} vs PyTorch", max_abs_err=err)
 
