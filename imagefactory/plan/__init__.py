@@ -1,0 +1,1 @@
+"""Planning: matrix.yaml -> validated, typed targets -> rendered Dockerfiles. Pure: no Docker, no network."""

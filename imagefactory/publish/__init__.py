@@ -1,0 +1,1 @@
+"""Publishing: gated images to a registry (immutable + floating tags), supported-tags and deploy docs."""
