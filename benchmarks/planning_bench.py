@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 import importlib
-from imagefactory import outputs, render
-from imagefactory.matrix import load_matrix
+from imagefactory.plan import outputs
+from imagefactory.plan import render
+from imagefactory.plan.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parents[1]
-expand_mod = importlib.import_module("imagefactory.expand")  # the module; the package re-exports a function of that name
+expand_mod = importlib.import_module("imagefactory.plan.expand")  # the module; the package re-exports a function of that name
 
 
 def main() -> None:

@@ -4,11 +4,11 @@ The planning API other layers use: `load_matrix`, `resolve_target`, `select_targ
 `immutable_tag`, and the `Target` / `Matrix` types.
 """
 
-from .errors import ConfigError, ImageFactoryError, RefusedTargetError, UnknownTargetError
-from .expand import all_targets, expand, resolve_target, select_targets
-from .matrix import load_matrix
-from .model import Matrix, Target, immutable_tag
-from .render import render_target
+from imagefactory.errors import ConfigError, ImageFactoryError, RefusedTargetError, UnknownTargetError
+from imagefactory.plan.expand import all_targets, expand, resolve_target, select_targets
+from imagefactory.plan.matrix import load_matrix
+from imagefactory.plan.model import Matrix, Target, immutable_tag
+from imagefactory.plan.render import render_target
 
 __all__ = [
     "ConfigError",

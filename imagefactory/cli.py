@@ -1,7 +1,7 @@
 """`python -m imagefactory …`: the command surface. Owns the argparse parser.
 
 Planning commands live here (targets, show, explain, render). Execution commands are registered by
-`imagefactory.exec_cli` and `imagefactory.release_cli` (each: `register(subparsers) -> None`, every
+`imagefactory.build.cli` and `imagefactory.publish.cli` (each: `register(subparsers) -> None`, every
 subcommand sets `func=` taking the parsed args and returning an exit code); a missing module is
 skipped, anything else wrong with it is an error. Every failure is one `error: …` line per problem
 and a non-zero exit code, never a traceback.
@@ -21,15 +21,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import outputs, render
-from .errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, did_you_mean
-from .expand import all_targets, expand, flavors_for, id_matches, pick, resolve_target, select_targets, torches_for
-from .matrix import load_matrix
-from .model import TRAIN_DTYPES, Matrix, Target
-from .rules import Candidate
-from .rules import explain as explain_rules
+from imagefactory.plan import outputs
 
-EXTENSION_MODULES = ("imagefactory.exec_cli", "imagefactory.release_cli")
+from imagefactory.plan import render
+from imagefactory.errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, did_you_mean
+from imagefactory.plan.expand import all_targets, expand, flavors_for, id_matches, pick, resolve_target, select_targets, torches_for
+from imagefactory.plan.matrix import load_matrix
+from imagefactory.plan.model import TRAIN_DTYPES, Matrix, Target
+from imagefactory.plan.rules import Candidate
+from imagefactory.plan.rules import explain as explain_rules
+
+EXTENSION_MODULES = ("imagefactory.build.cli", "imagefactory.publish.cli")
 REFUSED_EXIT = RefusedTargetError.exit_code
 
 

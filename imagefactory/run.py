@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import ImageFactoryError
+from imagefactory.errors import ImageFactoryError
 
 
 class CommandError(ImageFactoryError):

@@ -65,7 +65,7 @@ DRIVER_NATIVE_CUDA: tuple[tuple[int, str], ...] = (
     (520, "11.8"),
 )
 
-# `<arch>-<toolkit>` plus the suffixes of non-default cells (imagefactory/expand.py): `-torch<minor>`,
+# `<arch>-<toolkit>` plus the suffixes of non-default cells (imagefactory/plan/expand.py): `-torch<minor>`,
 # `-<flavor>`, `-<dtype>`.
 TARGET_ID = re.compile(r"^(?P<arch>[a-z][a-z0-9]*)-(?P<toolkit>cu\d{3}|rocm\d+(?:\.\d+)*)"
                        r"(?:-torch\d+\.\d+)?(?:-(?:slim|nvidia|rocm))?(?:-(?:bf16|fp16))?$")

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .docker import DockerClient, image_exists, import_rootfs
-from .errors import ImageFactoryError
-from .run import CommandError, echo, run
+from imagefactory.build.docker import DockerClient, image_exists, import_rootfs
+from imagefactory.errors import ImageFactoryError
+from imagefactory.run import CommandError, echo, run
 
 SUITE = "bookworm"  # Debian 12: python3 is 3.11, the slim flavor's declared python
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

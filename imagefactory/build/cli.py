@@ -8,14 +8,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .bootstrap import BASES, bootstrap
-from .build import BuildOptions, build_many, last_built_image
-from .docker import detect, image_inspect
-from .errors import UsageError
-from .gate import gate_image, require_pass
-from .model import Target
-from .release import default_release, release_tags
-from .run import echo
+from imagefactory.build.bootstrap import BASES, bootstrap
+from imagefactory.build.images import BuildOptions, build_many, last_built_image
+from imagefactory.build.docker import detect, image_inspect
+from imagefactory.errors import UsageError
+from imagefactory.build.gate import gate_image, require_pass
+from imagefactory.plan.model import Target
+from imagefactory.publish.push import default_release, release_tags
+from imagefactory.run import echo
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _targets(args: argparse.Namespace) -> list[Target]:
-    from .cli import matrix_from_args  # noqa: PLC0415 - cli imports this module
-    from .expand import select_targets  # noqa: PLC0415
+    from imagefactory.cli import matrix_from_args  # noqa: PLC0415 - cli imports this module
+    from imagefactory.plan.expand import select_targets  # noqa: PLC0415
 
     matrix = matrix_from_args(args)
     chosen: dict[str, Target] = {}
@@ -101,8 +101,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from .cli import matrix_from_args  # noqa: PLC0415
-    from .expand import resolve_target  # noqa: PLC0415
+    from imagefactory.cli import matrix_from_args  # noqa: PLC0415
+    from imagefactory.plan.expand import resolve_target  # noqa: PLC0415
 
     target = resolve_target(matrix_from_args(args), args.target)
     release = _release(args, [target])

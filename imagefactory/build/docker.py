@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .errors import DockerUnavailableError
-from .run import CommandError, Completed, run
+from imagefactory.errors import DockerUnavailableError
+from imagefactory.run import CommandError, Completed, run
 
 BuildMode = Literal["buildx", "classic"]
 

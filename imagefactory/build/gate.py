@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .docker import DockerClient, DockerCommandError, gpu_run_args, host_has_gpus, image_exists, image_inspect, run_container, tag, untag
-from .errors import GateFailedError
-from .model import Target, immutable_tag
-from .release import release_tags
-from .run import CommandError, echo
+from imagefactory.build.docker import DockerClient, DockerCommandError, gpu_run_args, host_has_gpus, image_exists, image_inspect, run_container, tag, untag
+from imagefactory.errors import GateFailedError
+from imagefactory.plan.model import Target, immutable_tag
+from imagefactory.publish.push import release_tags
+from imagefactory.run import CommandError, echo
 
 REPORTS_DIR = Path("reports")
 STEP_TIMEOUT_S = 3600  # the CPU smoke run is the slow one; a hung container must not hang CI

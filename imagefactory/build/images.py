@@ -2,7 +2,7 @@
 
 One target: render its Dockerfile (into .build/<id>/, never over the committed one), make sure its
 base images exist (bootstrapping the slim bases), decide where bitsandbytes comes from, build by
-image ID, then gate (imagefactory.gate), which tags only on a pass. Many targets: the same, one
+image ID, then gate (imagefactory.build.gate), which tags only on a pass. Many targets: the same, one
 after another, past failures, with progress and a summary table at the end.
 """
 
@@ -22,13 +22,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import bootstrap as _bootstrap
-from .docker import DockerClient, build, image_exists, image_size
-from .errors import BuildFailedError, ImageFactoryError
-from .gate import REPORTS_DIR, GateResult, gate_image
-from .model import Target
-from .render import REPO_ROOT, render_target
-from .run import echo, run
+from imagefactory.build import bootstrap as _bootstrap
+from imagefactory.build.docker import DockerClient, build, image_exists, image_size
+from imagefactory.errors import BuildFailedError, ImageFactoryError
+from imagefactory.build.gate import REPORTS_DIR, GateResult, gate_image
+from imagefactory.plan.model import Target
+from imagefactory.plan.render import REPO_ROOT, render_target
+from imagefactory.run import echo, run
 
 BnbSource = Literal["git", "local", "wheel"]
 

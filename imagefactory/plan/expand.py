@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from packaging.version import Version
 
-from .errors import ConfigError, RefusedTargetError, UnknownTargetError, near_misses
-from .model import (ARCH_NAME_PATTERN, FLAVORS, TOOLKIT_ID_PATTERN, TRAIN_DTYPES, CellSpec, Matrix, ResolvedTorch,
+from imagefactory.errors import ConfigError, RefusedTargetError, UnknownTargetError, near_misses
+from imagefactory.plan.model import (ARCH_NAME_PATTERN, FLAVORS, TOOLKIT_ID_PATTERN, TRAIN_DTYPES, CellSpec, Matrix, ResolvedTorch,
                     Target, TorchBuild, TrainDtype)
-from .rules import Candidate, Refusal, base_images, check, payload_for, vendor_mismatch
+from imagefactory.plan.rules import Candidate, Refusal, base_images, check, payload_for, vendor_mismatch
 
 ID_RE = re.compile(f"^(?P<arch>{ARCH_NAME_PATTERN})-(?P<toolkit>{TOOLKIT_ID_PATTERN})"
                    rf"(?:-torch(?P<torch>\d+\.\d+))?(?:-(?P<flavor>{'|'.join(FLAVORS)}))?"

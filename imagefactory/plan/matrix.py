@@ -15,9 +15,9 @@ import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from .errors import ConfigError, did_you_mean
-from .expand import expand
-from .model import (
+from imagefactory.errors import ConfigError, did_you_mean
+from imagefactory.plan.expand import expand
+from imagefactory.plan.model import (
     ARCH_NAME_PATTERN,
     FLAVORS,
     TOOLKIT_ID_PATTERN,

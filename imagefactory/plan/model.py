@@ -1,6 +1,6 @@
 """Typed, frozen values of the planning layer: what matrix.yaml declares and the resolved `Target`.
 
-Nothing downstream of `imagefactory.matrix` reads raw YAML: templates, outputs and the execution
+Nothing downstream of `imagefactory.plan.matrix` reads raw YAML: templates, outputs and the execution
 commands see only these objects. The `Target` fields are the contract of docs/ARCHITECTURE.md.
 """
 

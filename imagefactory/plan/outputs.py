@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from .model import Target
+from imagefactory.plan.model import Target
 
 
 def to_plain(value: Any) -> Any:

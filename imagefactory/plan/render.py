@@ -17,10 +17,10 @@ from typing import Any
 
 import jinja2
 
-from .errors import ImageFactoryError, TemplateError
-from .model import Target
+from imagefactory.errors import ImageFactoryError, TemplateError
+from imagefactory.plan.model import Target
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE_DIR = REPO_ROOT / "templates"
 ENTRY_TEMPLATE = "Dockerfile.j2"
 

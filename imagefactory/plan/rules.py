@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from .model import ArchFamily, BaseImages, Flavor, Matrix, Payload, Toolkit, TorchBuild, TrainDtype, minor_of
+from imagefactory.plan.model import ArchFamily, BaseImages, Flavor, Matrix, Payload, Toolkit, TorchBuild, TrainDtype, minor_of
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`python -m imagefactory push|docs|summary` (registered into imagefactory.cli, whose main() turns errors
 into lines and exit codes). `nox -s push-<target> -- --registry REPO` runs push.
 
-  push TARGET --registry HOST[:PORT]/NAME [--release R]   publish a gated image (see imagefactory.release)
+  push TARGET --registry HOST[:PORT]/NAME [--release R]   publish a gated image (see imagefactory.publish.push)
   docs [--check] [--repo REPO]                            supported-tags page + deploy files from matrix.yaml
   summary reports/*/release.json                          markdown table of published tags (CI summary)
 
@@ -16,10 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-from imagefactory.release import REPORTS_DIR, GateReport, default_release, publish, release_tags, summary_markdown, write_release_record
-from imagefactory.release_docs import DOCS_REPO, drift, generate, write
-from imagefactory.release_errors import ReleaseError
-from imagefactory.release_registry import Registry, RepoRef
+from imagefactory.publish.push import REPORTS_DIR, GateReport, default_release, publish, release_tags, summary_markdown, write_release_record
+from imagefactory.publish.docs import DOCS_REPO, drift, generate, write
+from imagefactory.publish.errors import ReleaseError
+from imagefactory.publish.registry import Registry, RepoRef
 
 
 def _matrix(args: argparse.Namespace):
@@ -29,7 +29,7 @@ def _matrix(args: argparse.Namespace):
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from imagefactory.expand import all_targets  # noqa: PLC0415
+    from imagefactory.plan.expand import all_targets  # noqa: PLC0415
 
     files = generate(all_targets(_matrix(args)), repo=args.repo, docs_dir=args.docs_dir)
     if args.check:
@@ -47,8 +47,8 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from imagefactory.expand import resolve_target  # noqa: PLC0415
-    from imagefactory.release_docker import CliDocker  # noqa: PLC0415 - execution layer
+    from imagefactory.plan.expand import resolve_target  # noqa: PLC0415
+    from imagefactory.publish.docker_ops import CliDocker  # noqa: PLC0415 - execution layer
 
     if not args.registry:
         raise ReleaseError("push needs --registry HOST[:PORT]/NAME (or $IMAGEFACTORY_REGISTRY)")

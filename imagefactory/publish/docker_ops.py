@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from imagefactory import docker
-from imagefactory.release_errors import ReleaseError
+from imagefactory.build import docker
+from imagefactory.publish.errors import ReleaseError
 from imagefactory.run import CommandError, run
 
 DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
@@ -46,7 +46,7 @@ class PushLayers:
 
 
 class CliDocker:
-    """Over imagefactory.docker's detected client (Debian's 20.10 here; $IMAGEFACTORY_DOCKER overrides)."""
+    """Over imagefactory.build.docker's detected client (Debian's 20.10 here; $IMAGEFACTORY_DOCKER overrides)."""
 
     def __init__(self, client: docker.DockerClient | None = None) -> None:
         self.docker = client or docker.detect()

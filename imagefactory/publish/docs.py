@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory.model import Target, immutable_tag
-from imagefactory.release_errors import ReleaseError
+from imagefactory.plan.model import Target, immutable_tag
+from imagefactory.publish.errors import ReleaseError
 
 # The repository the docs name; the release workflow publishes to ghcr.io/<owner>/imagefactory.
 # Regenerate with --repo for another registry.

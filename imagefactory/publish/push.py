@@ -2,11 +2,11 @@
 
 How an image earns a push (docs/release.md tells the story):
 
-1. The gate (imagefactory.gate) writes `reports/<target>/gate.json` with the image ID it tested and the
+1. The gate (imagefactory.build.gate) writes `reports/<target>/gate.json` with the image ID it tested and the
    result. Push reads it and refuses unless the result passed, the target matches, and that exact image ID
    is in the local store (so a rebuilt-but-ungated image can never slip through under the same tag).
 2. A label cannot be added to an existing image, so push makes a child `FROM <gated id>` whose only change
-   is three labels: `io.imagefactory.gate=passed`, `io.imagefactory.gate.image=<gated id>`,
+   is three labels: `io.imagefactory.build.gate=passed`, `io.imagefactory.gate.image=<gated id>`,
    `io.imagefactory.gate.report=<the report, compact JSON>`. No layer is added; the layers pushed are the
    gated image's, byte for byte.
 3. The immutable tag `<id>-torch<ver>-<release>` is pushed first. If the registry already has it, it must
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from imagefactory.model import Target, immutable_tag
-from imagefactory.release_errors import ReleaseError
-from imagefactory.release_registry import Registry, RepoRef
+from imagefactory.plan.model import Target, immutable_tag
+from imagefactory.publish.errors import ReleaseError
+from imagefactory.publish.registry import Registry, RepoRef
 
-GATE_LABEL = "io.imagefactory.gate"
+GATE_LABEL = "io.imagefactory.build.gate"
 GATE_IMAGE_LABEL = "io.imagefactory.gate.image"
 GATE_REPORT_LABEL = "io.imagefactory.gate.report"
 SBOM_LABEL = "io.imagefactory.sbom"
@@ -95,7 +95,7 @@ class GateReport:
 
 
 class DockerOps(Protocol):
-    """The Docker operations publishing uses (implemented over imagefactory.docker; faked in unit tests)."""
+    """The Docker operations publishing uses (implemented over imagefactory.build.docker; faked in unit tests)."""
 
     def image_labels(self, ref: str) -> dict[str, str] | None: ...  # None: no such local image
     def label_child(self, parent_id: str, labels: dict[str, str], tag: str) -> str: ...

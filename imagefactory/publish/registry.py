@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from imagefactory.release_errors import ReleaseError
+from imagefactory.publish.errors import ReleaseError
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",

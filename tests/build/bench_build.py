@@ -19,13 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from imagefactory.bootstrap import BASES, bootstrap
-from imagefactory.build import BuildOptions, build_one
-from imagefactory.docker import detect, image_inspect
-from imagefactory.expand import resolve_target
-from imagefactory.gate import gate_image
-from imagefactory.matrix import load_matrix
-from imagefactory.render import REPO_ROOT
+from imagefactory.build.bootstrap import BASES, bootstrap
+from imagefactory.build.images import BuildOptions, build_one
+from imagefactory.build.docker import detect, image_inspect
+from imagefactory.plan.expand import resolve_target
+from imagefactory.build.gate import gate_image
+from imagefactory.plan.matrix import load_matrix
+from imagefactory.plan.render import REPO_ROOT
 
 SITE = "/opt/venv/lib/python3.11/site-packages"
 

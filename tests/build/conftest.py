@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.expand import resolve_target
-from imagefactory.matrix import load_matrix
-from imagefactory.model import Target
-from imagefactory.render import REPO_ROOT
+from imagefactory.plan.expand import resolve_target
+from imagefactory.plan.matrix import load_matrix
+from imagefactory.plan.model import Target
+from imagefactory.plan.render import REPO_ROOT
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.expand import all_targets
-from imagefactory.render import render_target
+from imagefactory.plan.expand import all_targets
+from imagefactory.plan.render import render_target
 
 
 @pytest.fixture(scope="module")

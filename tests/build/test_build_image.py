@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.build import HOST_CA_BUNDLE, extra_certificates
-from imagefactory.docker import detect, image_inspect
-from imagefactory.render import REPO_ROOT
+from imagefactory.build.images import HOST_CA_BUNDLE, extra_certificates
+from imagefactory.build.docker import detect, image_inspect
+from imagefactory.plan.render import REPO_ROOT
 
 pytestmark = pytest.mark.docker
 

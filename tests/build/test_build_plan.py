@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.build import (
+from imagefactory.build.images import (
     BnbChoice,
     build_args,
     choose_bnb,
@@ -17,9 +17,9 @@ from imagefactory.build import (
     summary_table,
     BuildResult,
 )
-from imagefactory.docker import parse_version
+from imagefactory.build.docker import parse_version
 from imagefactory.errors import BuildFailedError
-from imagefactory.gate import failing_checks, gate_tags
+from imagefactory.build.gate import failing_checks, gate_tags
 
 
 def bnb_tree(root: Path, version: str = "0.50.2") -> Path:

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from imagefactory import cli
-from imagefactory.matrix import load_matrix, parse_matrix
-from imagefactory.model import Matrix
+from imagefactory.plan.matrix import load_matrix, parse_matrix
+from imagefactory.plan.model import Matrix
 
 REPO = Path(__file__).resolve().parents[2]
 MATRIX_PATH = REPO / "matrix.yaml"

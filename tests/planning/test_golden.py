@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory import outputs, render
-from imagefactory.expand import expand
-from imagefactory.model import Matrix
+from imagefactory.plan import outputs
+from imagefactory.plan import render
+from imagefactory.plan.expand import expand
+from imagefactory.plan.model import Matrix
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden"

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from imagefactory.errors import ConfigError
-from imagefactory.model import Matrix
+from imagefactory.plan.model import Matrix
 
 LINE_RE = re.compile(r"^matrix\.yaml:\d+: ")
 
@@ -139,7 +139,7 @@ def test_matrix_yielding_no_targets(parse, matrix_text: str) -> None:
 
 
 def test_missing_file_is_a_config_error(tmp_path) -> None:
-    from imagefactory.matrix import load_matrix
+    from imagefactory.plan.matrix import load_matrix
 
     with pytest.raises(ConfigError) as info:
         load_matrix(tmp_path / "nope.yaml")

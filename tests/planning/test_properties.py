@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imagefactory.errors import ConfigError
-from imagefactory.expand import expand
-from imagefactory.matrix import parse_matrix
+from imagefactory.plan.expand import expand
+from imagefactory.plan.matrix import parse_matrix
 
 MATRIX_TEXT = (Path(__file__).resolve().parents[2] / "matrix.yaml").read_text(encoding="utf-8")
 MATRIX_DATA = yaml.safe_load(MATRIX_TEXT)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory import render, resolve_target
+from imagefactory.plan import render
+from imagefactory import resolve_target
 from imagefactory.errors import TemplateError
-from imagefactory.model import Matrix
+from imagefactory.plan.model import Matrix
 
 FIXTURE = Path(__file__).parent / "fixtures" / "templates"
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "fixture-hopper-cu130.Dockerfile"

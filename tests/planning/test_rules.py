@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from imagefactory.model import Matrix
-from imagefactory.rules import RULE_NAMES, Candidate, check
+from imagefactory.plan.model import Matrix
+from imagefactory.plan.rules import RULE_NAMES, Candidate, check
 
 
 def cand(m: Matrix, arch: str, toolkit: str, torch: str, flavor: str, dtype: str | None = None) -> Candidate:

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from imagefactory.errors import ConfigError
-from imagefactory.matrix import parse_matrix
+from imagefactory.plan.matrix import parse_matrix
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "imagefactory" / "matrix.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "imagefactory" / "plan" / "matrix.schema.json").read_text())
 
 
 def test_schema_is_valid() -> None:
@@ -56,8 +56,8 @@ def test_schema_and_loader_agree_on_rejections(matrix_data: dict, path: tuple, v
 
 def test_schema_spells_the_vocabulary_as_the_loader_does() -> None:
     """The schema is JSON and cannot import the loader's tables: pin each copy to its original."""
-    from imagefactory import matrix as loader
-    from imagefactory.model import FLAVORS, TRAIN_DTYPES
+    from imagefactory.plan import matrix as loader
+    from imagefactory.plan.model import FLAVORS, TRAIN_DTYPES
 
     props, defs = SCHEMA["properties"], SCHEMA["$defs"]
     assert set(props) == set(loader.TOP_KEYS)

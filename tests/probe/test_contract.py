@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.expand import all_targets
-from imagefactory.matrix import load_matrix
+from imagefactory.plan.expand import all_targets
+from imagefactory.plan.matrix import load_matrix
 from probe import expect
 from probe.decide import Hardware, choose_dtype, choose_fp8
 from probe.select import candidates_from_tags

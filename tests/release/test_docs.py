@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from imagefactory.release_docs import drift, generate, write
+from imagefactory.publish.docs import drift, generate, write
 from probe.select import Choice, candidates_from_json, choose
 
 

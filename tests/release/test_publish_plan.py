@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.expand import all_targets
-from imagefactory.matrix import load_matrix
-from imagefactory.release import (
+from imagefactory.plan.expand import all_targets
+from imagefactory.plan.matrix import load_matrix
+from imagefactory.publish.push import (
     GATE_IMAGE_LABEL,
     GATE_LABEL,
     GATE_REPORT_LABEL,
@@ -21,8 +21,8 @@ from imagefactory.release import (
     summary_markdown,
     write_release_record,
 )
-from imagefactory.release_errors import ReleaseError
-from imagefactory.release_registry import RemoteImage, RepoRef
+from imagefactory.publish.errors import ReleaseError
+from imagefactory.publish.registry import RemoteImage, RepoRef
 
 REPO = RepoRef.parse("127.0.0.1:5000/imagefactory")
 GATED = "sha256:" + "a" * 64
@@ -196,7 +196,7 @@ def test_registry_argument_is_checked(text: str) -> None:
 
 
 def test_push_progress_counts_layers_and_finds_the_digest() -> None:
-    from imagefactory.release_docker import PushLayers  # noqa: PLC0415
+    from imagefactory.publish.docker_ops import PushLayers  # noqa: PLC0415
 
     layers = PushLayers()
     lines = ["The push refers to repository [127.0.0.1:5000/imagefactory]", "5f70bf18a086: Preparing",
@@ -220,8 +220,8 @@ def test_floating_tags_moved_from_an_existing_immutable_tag_are_pulled_first(tmp
 
 def test_tags_agree_with_planning_and_with_probe_select() -> None:
     """The gate tags locally with these names, push publishes them, and `probe select` reads them back."""
-    from imagefactory.gate import gate_tags  # noqa: PLC0415
-    from imagefactory.model import immutable_tag  # noqa: PLC0415
+    from imagefactory.build.gate import gate_tags  # noqa: PLC0415
+    from imagefactory.plan.model import immutable_tag  # noqa: PLC0415
     from probe.select import FLOATING_SUFFIX, IMMUTABLE_TAG, is_immutable  # noqa: PLC0415
 
     for target in TARGETS:

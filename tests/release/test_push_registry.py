@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.release import GATE_IMAGE_LABEL, GATE_LABEL, GATE_REPORT_LABEL, SBOM_LABEL, GateReport, publish, release_tags
-from imagefactory.release_docker import CliDocker
-from imagefactory.release_errors import ReleaseError
-from imagefactory.release_registry import Registry, RepoRef
+from imagefactory.publish.push import GATE_IMAGE_LABEL, GATE_LABEL, GATE_REPORT_LABEL, SBOM_LABEL, GateReport, publish, release_tags
+from imagefactory.publish.docker_ops import CliDocker
+from imagefactory.publish.errors import ReleaseError
+from imagefactory.publish.registry import Registry, RepoRef
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -22,8 +22,8 @@ TARGET = "hopper-cu130"
 
 
 def hopper_target():
-    from imagefactory.expand import resolve_target  # noqa: PLC0415
-    from imagefactory.matrix import load_matrix  # noqa: PLC0415
+    from imagefactory.plan.expand import resolve_target  # noqa: PLC0415
+    from imagefactory.plan.matrix import load_matrix  # noqa: PLC0415
 
     return resolve_target(load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml"), TARGET)
 

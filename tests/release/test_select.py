@@ -158,7 +158,7 @@ def test_python_m_probe_select_from_a_bare_copy_of_probe(tmp_path: Path) -> None
 def test_builtin_tables_match_matrix_yaml() -> None:
     """probe select's registry mode knows SMs and driver floors from tag names alone: those tables must
     agree with matrix.yaml (stdlib-only code cannot read it on a pod)."""
-    from imagefactory.matrix import load_matrix  # noqa: PLC0415
+    from imagefactory.plan.matrix import load_matrix  # noqa: PLC0415
     from probe.select import ARCH_SMS, driver_floor  # noqa: PLC0415
 
     matrix = load_matrix(REPO_ROOT / "matrix.yaml")
