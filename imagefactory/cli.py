@@ -209,6 +209,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     templates = Path(args.templates) if args.templates else None
     root = Path(args.out) if args.out else render.REPO_ROOT
     rendered = render.render_all(targets, templates)
+    rendered[outputs.PROBE_FACTS_PATH] = outputs.probe_facts(matrix)
     prune = not args.select  # a partial render must not delete the other targets' files
     if args.check:
         drift = render.check(rendered, root, prune=prune)
@@ -256,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=TRAIN_DTYPES, help="training dtype setting to check")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("render", parents=[matrix_opt], help="write dockerfiles/<target>/Dockerfile (only if changed)")
+    p = sub.add_parser("render", parents=[matrix_opt],
+                       help="write dockerfiles/<target>/Dockerfile and probe/matrix_facts.json (only if changed)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 listing every file that differs")
     p.add_argument("--select", metavar="GLOB", help="only these targets (no stale-file pruning)")
     p.add_argument("--templates", metavar="DIR", help="template directory (default: templates/)")

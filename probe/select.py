@@ -1,7 +1,8 @@
 """Pick the image to pull on a GPU machine: `python -m probe select --repo REPO`.
 
 Standard library only: this runs on a freshly rented pod before any image is pulled
-(copy probe/ over, or `pip install` the repository, then `python3 -m probe select`; `probe/select.py` also runs alone).
+(copy probe/ over, or `pip install` the repository, then `python3 -m probe select`; `python3 probe/select.py`
+works too). It reads the tag grammar from probe/tags.py and matrix facts from probe/matrix_facts.json.
 
 Inputs: the GPU's compute capability and the driver version (from nvidia-smi, or given as
 `--gpu-sm 9.0 --driver 570.86`), and the candidate images: the registry's tag list
@@ -28,27 +29,26 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-# Family name → the SMs its images are built for; used only when the candidates come from a bare
-# registry tag list (a tags file states the SMs itself). Mirrors matrix.yaml's `arches`.
-ARCH_SMS: dict[str, tuple[str, ...]] = {
-    "volta": ("7.0",),
-    "turing": ("7.5",),
-    "ampere": ("8.0", "8.6"),
-    "ada": ("8.9",),
-    "hopper": ("9.0",),
-    "blackwell": ("10.0", "12.0"),
-}
+if __package__:
+    from probe import tags as grammar
+else:  # run as a file (`python3 probe/select.py`, even with -I): import the grammar from beside it
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import tags as grammar  # type: ignore[no-redef]
 
-# Driver floor per CUDA release when only a tag name is known; mirrors matrix.yaml's
-# `toolkits.*.driver_floor` (NVIDIA's CUDA compatibility notes: 11.8 ≥ 520, 12.x ≥ 525 through
-# minor-version compatibility, 12.8 ≥ 570 as the matrix requires it for Blackwell too, 13.0 ≥ 580).
-CUDA_DRIVER_FLOOR: tuple[tuple[str, int], ...] = (
-    ("13.0", 580),
-    ("12.9", 575),
-    ("12.8", 570),
-    ("12.0", 525),
-    ("11.8", 520),
-)
+# Facts of matrix.yaml this stdlib-only code cannot read on a pod, generated next to it by
+# `imagefactory render` (drift-checked by `render --check`): never edit matrix_facts.json by hand.
+MATRIX_FACTS_FILE = Path(__file__).with_name("matrix_facts.json")
+_FACTS = json.loads(MATRIX_FACTS_FILE.read_text(encoding="utf-8"))
+
+# Family name → the SMs its images are built for; used only when the candidates come from a bare
+# registry tag list (a tags file states the SMs itself).
+ARCH_SMS: dict[str, tuple[str, ...]] = {arch: tuple(sms) for arch, sms in _FACTS["arch_sms"].items()}
+
+# Driver floor per CUDA release (matrix.yaml's `toolkits.*.driver_floor`), newest first: used when only
+# a tag name or a CUDA version is known.
+CUDA_DRIVER_FLOOR: tuple[tuple[str, int], ...] = tuple(
+    sorted(((cuda, int(floor)) for cuda, floor in _FACTS["cuda_driver_floor"].items()),
+           key=lambda item: tuple(int(part) for part in item[0].split(".")), reverse=True))
 
 # Highest CUDA each driver branch supports natively (NVIDIA's CUDA toolkit release notes, table 3).
 DRIVER_NATIVE_CUDA: tuple[tuple[int, str], ...] = (
@@ -64,13 +64,6 @@ DRIVER_NATIVE_CUDA: tuple[tuple[int, str], ...] = (
     (525, "12.0"),
     (520, "11.8"),
 )
-
-# `<arch>-<toolkit>` plus the suffixes of non-default cells (imagefactory/plan/expand.py): `-torch<minor>`,
-# `-<flavor>`, `-<dtype>`.
-TARGET_ID = re.compile(r"^(?P<arch>[a-z][a-z0-9]*)-(?P<toolkit>cu\d{3}|rocm\d+(?:\.\d+)*)"
-                       r"(?:-torch\d+\.\d+)?(?:-(?:slim|nvidia|rocm))?(?:-(?:bf16|fp16))?$")
-IMMUTABLE_TAG = re.compile(r"^(?P<id>.+)-torch(?P<torch>\d+(?:\.\d+)+)-(?P<release>[A-Za-z0-9._]+)$")
-FLOATING_SUFFIX = "-latest"
 
 
 class SelectError(Exception):
@@ -89,8 +82,14 @@ def version_key(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text))
 
 
-def is_immutable(tag: str) -> bool:
-    return not tag.endswith(FLOATING_SUFFIX) and IMMUTABLE_TAG.match(tag) is not None
+def _release_of(immutable: str) -> str:
+    parsed = grammar.parse_immutable_tag(immutable)
+    return parsed.release if parsed else ""
+
+
+def _torch_of(immutable: str) -> str:
+    parsed = grammar.parse_immutable_tag(immutable)
+    return parsed.torch if parsed else "0"
 
 
 def cuda_of_toolkit(toolkit_id: str) -> str | None:
@@ -132,7 +131,7 @@ class Candidate:
     def best_tag(self) -> str:
         """The newest immutable tag (reproducible), else the target's floating tag."""
         if self.immutable_tags:
-            return max(self.immutable_tags, key=lambda tag: version_key(IMMUTABLE_TAG.match(tag).group("release")))  # type: ignore[union-attr]
+            return max(self.immutable_tags, key=lambda tag: version_key(_release_of(tag)))
         return self.floating_tags[0] if self.floating_tags else self.target_id
 
 
@@ -152,21 +151,21 @@ def candidates_from_tags(tags: list[str]) -> list[Candidate]:
     floating: dict[str, list[str]] = {}
     immutable: dict[str, list[str]] = {}
     for tag in tags:
-        match = IMMUTABLE_TAG.match(tag) if is_immutable(tag) else None
-        if match and TARGET_ID.match(match.group("id")):
-            immutable.setdefault(match.group("id"), []).append(tag)
+        parsed = grammar.parse_immutable_tag(tag)
+        if parsed is not None:
+            immutable.setdefault(parsed.target_id, []).append(tag)
             continue
-        base = tag[: -len(FLOATING_SUFFIX)] if tag.endswith(FLOATING_SUFFIX) else tag
-        if TARGET_ID.match(base):
+        base = grammar.floating_target(tag)
+        if base is not None:
             floating.setdefault(base, []).append(tag)
     result = []
     for target_id in sorted(set(floating) | set(immutable)):
-        match = TARGET_ID.match(target_id)
-        assert match is not None
-        arch, toolkit = match.group("arch"), match.group("toolkit")
+        parsed_id = grammar.parse_target_id(target_id)
+        assert parsed_id is not None
+        arch, toolkit = parsed_id.arch, parsed_id.toolkit
         sms = ARCH_SMS.get(arch, ())
         cuda = cuda_of_toolkit(toolkit)
-        torches = [IMMUTABLE_TAG.match(tag).group("torch") for tag in immutable.get(target_id, [])]  # type: ignore[union-attr]
+        torches = [_torch_of(tag) for tag in immutable.get(target_id, [])]
         result.append(
             Candidate(
                 target_id=target_id,
@@ -204,9 +203,9 @@ def candidates_from_json(data: object, source: str) -> list[Candidate]:
         if not target_id:
             raise SelectError(f"{source}: target #{index} has no 'id'")
         sms = tuple(str(sm) for sm in (_pick(entry, "sms", "sm") or ()))
-        id_match = TARGET_ID.match(str(target_id))
+        id_parts = grammar.parse_target_id(str(target_id))
         kind = _pick(entry, "toolkit.kind", "toolkit_kind") or (
-            "cuda" if id_match and cuda_of_toolkit(id_match.group("toolkit")) else "rocm"
+            "cuda" if id_parts and cuda_of_toolkit(id_parts.toolkit) else "rocm"
         )
         cuda = str(_pick(entry, "toolkit.version", "cuda", "toolkit_version") or "") if kind == "cuda" else None
         floor = _pick(entry, "toolkit.driver_floor", "driver_floor", "min_driver")
@@ -219,8 +218,8 @@ def candidates_from_json(data: object, source: str) -> list[Candidate]:
                 cuda=cuda or None,
                 driver_floor=int(version_key(str(floor))[0]) if floor else (driver_floor(cuda) if cuda else None),
                 torch=_pick(entry, "torch.version", "torch"),
-                floating_tags=tuple(tag for tag in tags if not is_immutable(tag)),
-                immutable_tags=tuple(tag for tag in tags if is_immutable(tag)),
+                floating_tags=tuple(tag for tag in tags if not grammar.is_immutable(tag)),
+                immutable_tags=tuple(tag for tag in tags if grammar.is_immutable(tag)),
             )
         )
     return result

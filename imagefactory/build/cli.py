@@ -14,7 +14,8 @@ from imagefactory.build.docker import detect, image_inspect
 from imagefactory.errors import UsageError
 from imagefactory.build.gate import gate_image, require_pass
 from imagefactory.plan.model import Target
-from imagefactory.publish.push import default_release, release_tags
+from imagefactory.plan.model import release_tags
+from imagefactory.publish.push import default_release
 from imagefactory.run import echo
 
 

@@ -18,8 +18,7 @@ from typing import Any, Literal
 
 from imagefactory.build.docker import DockerClient, DockerCommandError, gpu_run_args, host_has_gpus, image_exists, image_inspect, run_container, tag, untag
 from imagefactory.errors import GateFailedError
-from imagefactory.plan.model import Target, immutable_tag
-from imagefactory.publish.push import release_tags
+from imagefactory.plan.model import Target, immutable_tag, release_tags
 from imagefactory.run import CommandError, echo
 
 REPORTS_DIR = Path("reports")

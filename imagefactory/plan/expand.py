@@ -14,13 +14,9 @@ from dataclasses import dataclass
 from packaging.version import Version
 
 from imagefactory.errors import ConfigError, RefusedTargetError, UnknownTargetError, near_misses
-from imagefactory.plan.model import (ARCH_NAME_PATTERN, FLAVORS, TOOLKIT_ID_PATTERN, TRAIN_DTYPES, CellSpec, Matrix, ResolvedTorch,
-                    Target, TorchBuild, TrainDtype)
+from imagefactory.plan.model import CellSpec, Matrix, ResolvedTorch, Target, TorchBuild, TrainDtype
 from imagefactory.plan.rules import Candidate, Refusal, base_images, check, payload_for, vendor_mismatch
-
-ID_RE = re.compile(f"^(?P<arch>{ARCH_NAME_PATTERN})-(?P<toolkit>{TOOLKIT_ID_PATTERN})"
-                   rf"(?:-torch(?P<torch>\d+\.\d+))?(?:-(?P<flavor>{'|'.join(FLAVORS)}))?"
-                   rf"(?:-(?P<dtype>{'|'.join(TRAIN_DTYPES)}))?$")
+from probe import tags
 
 
 @dataclass(frozen=True)
@@ -80,17 +76,6 @@ def pick(matrix: Matrix, arch: str, toolkit: str, torch: str | None = None, flav
                 return Pick(cand, ())
             seen.setdefault((refusals[0].rule, refusals[0].reason), refusals[0])
     return Pick(None, tuple(seen.values()))
-
-
-def make_id(arch: str, toolkit: str, torch_minor: str | None, flavor: str | None, dtype: str | None) -> str:
-    parts = [arch, toolkit]
-    if torch_minor:
-        parts.append(f"torch{torch_minor}")
-    if flavor:
-        parts.append(flavor)
-    if dtype:
-        parts.append(dtype)
-    return "-".join(parts)
 
 
 def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default: bool,
@@ -190,7 +175,7 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         train_dtype=dtype,
         warm_triton_cache=warm,
         image_repo=matrix.image_repo,
-        tags=(target_id, f"{target_id}-latest"),
+        tags=tags.floating_tags(target_id),
         labels=labels,
         expect_env=expect,
         is_default=is_default,
@@ -265,7 +250,7 @@ def _extra_target(matrix: Matrix, spec: CellSpec, defaults: dict[tuple[str, str]
     torch_suffix = cand.torch.minor if default is None or cand.torch != default.torch else None
     flavor_suffix = cand.flavor.name if default is None or cand.flavor != default.flavor else None
     dtype_suffix = spec.dtype if spec.dtype and spec.dtype != natural_dtype(cand) else None
-    target_id = make_id(spec.arch, spec.toolkit, torch_suffix, flavor_suffix, dtype_suffix)
+    target_id = tags.make_target_id(spec.arch, spec.toolkit, torch_suffix, flavor_suffix, dtype_suffix)
     return build_target(matrix, cand, target_id, is_default=False,
                         why_torch="pinned in cells.extra" if spec.torch else "default torch of the cell",
                         why_flavor="pinned in cells.extra" if spec.flavor else "first flavor that passes")
@@ -280,18 +265,20 @@ def resolve_target(matrix: Matrix, target_id: str) -> Target:
     known = expand(matrix).by_id()
     if target_id in known:
         return known[target_id]
-    parsed = ID_RE.match(target_id)
-    if parsed and parsed["arch"] in matrix.arches and parsed["toolkit"] in matrix.toolkits:
+    parsed = tags.parse_target_id(target_id)
+    if parsed and parsed.arch in matrix.arches and parsed.toolkit in matrix.toolkits:
         torch = None
-        if parsed["torch"]:
-            torch = next((t.version for t in matrix.torches.values() if t.minor == parsed["torch"]), None)
+        if parsed.torch:
+            torch = next((t.version for t in matrix.torches.values() if t.minor == parsed.torch), None)
             if torch is None:
-                raise UnknownTargetError(f"{target_id}: no torch {parsed['torch']} in {matrix.path.name} "
+                raise UnknownTargetError(f"{target_id}: no torch {parsed.torch} in {matrix.path.name} "
                                          f"(torch: {', '.join(t.minor for t in matrix.torches.values())})")
-        arch, tk = matrix.arches[parsed["arch"]], matrix.toolkits[parsed["toolkit"]]
+        arch, tk = matrix.arches[parsed.arch], matrix.toolkits[parsed.toolkit]
         if mismatch := vendor_mismatch(arch, tk):
             raise RefusedTargetError(f"{target_id}: {mismatch}")
-        chosen = pick(matrix, parsed["arch"], parsed["toolkit"], torch, parsed["flavor"], parsed["dtype"])  # type: ignore[arg-type]
+        if parsed.flavor is not None and parsed.flavor not in matrix.flavors:
+            raise UnknownTargetError(f"{target_id}: no flavor {parsed.flavor} in {matrix.path.name}")
+        chosen = pick(matrix, parsed.arch, parsed.toolkit, torch, parsed.flavor, parsed.dtype)  # type: ignore[arg-type]
         if chosen.candidate is None:
             raise RefusedTargetError(f"{target_id}: " + "; ".join(str(r) for r in chosen.refusals))
         raise UnknownTargetError(f"{target_id}: compatible, but not a cell of {matrix.path.name}; add it under "

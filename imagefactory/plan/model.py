@@ -9,23 +9,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 from packaging.version import Version
+
+from imagefactory.errors import UsageError
+from probe import tags
+# The tag grammar (id parts, flavors, dtypes) lives in probe/tags.py: the probe parses tags with it.
+from probe.tags import ARCH_NAME_PATTERN as ARCH_NAME_PATTERN
+from probe.tags import FLAVORS as FLAVORS
+from probe.tags import TOOLKIT_ID_PATTERN as TOOLKIT_ID_PATTERN
+from probe.tags import TRAIN_DTYPES as TRAIN_DTYPES
 
 Vendor = Literal["nvidia", "amd"]
 ToolkitKind = Literal["cuda", "rocm"]
 NvccOrigin = Literal["pypi", "base", "hipcc", "none"]
 BnbMode = Literal["source", "wheel"]
 TrainDtype = Literal["bf16", "fp16"]
-
-FLAVORS: tuple[str, ...] = ("slim", "nvidia", "rocm")
-TRAIN_DTYPES: tuple[str, ...] = get_args(TrainDtype)
-
-# The parts of a target id, as matrix.yaml's names must be spelled: the loader validates names with
-# them and expand parses ids with them. Arch names have no '-', so ids split unambiguously.
-ARCH_NAME_PATTERN = r"[a-z][a-z0-9]*"
-TOOLKIT_ID_PATTERN = r"cu\d{3}|rocm\d+\.\d+"
 
 
 def minor_of(version: str) -> str:
@@ -213,6 +213,22 @@ class Target:
         return f"dockerfiles/{self.id}/Dockerfile"
 
 
+@dataclass(frozen=True)
+class ReleaseTags:
+    immutable: str
+    floating: tuple[str, ...]
+
+
+def release_tags(target: Target, release: str) -> ReleaseTags:
+    """hopper-cu130 at `20261127` → immutable `hopper-cu130-torch2.14.1-20261127`, floating `hopper-cu130`,
+    `hopper-cu130-latest` (Target.tags). The gate tags locally with these names and push publishes them;
+    `probe select` parses them with the same grammar (probe/tags.py). A bad release is a usage error."""
+    problem = tags.release_problem(release)
+    if problem:
+        raise UsageError(problem)
+    return ReleaseTags(immutable_tag(target, release), tuple(target.tags))
+
+
 def immutable_tag(target: Target, release: str) -> str:
-    """The tag that never moves: `hopper-cu130-torch2.14.1-2026.11.0`."""
-    return f"{target.id}-torch{target.torch.version}-{release}"
+    """The tag that never moves: `hopper-cu130-torch2.14.1-2026.11.0` (probe/tags.py's grammar)."""
+    return tags.immutable_tag(target.id, target.torch.version, release)

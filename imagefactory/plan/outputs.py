@@ -11,7 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from imagefactory.plan.model import Target
+from imagefactory.plan.model import Matrix, Target
+
+# Facts of matrix.yaml the stdlib-only probe needs on a pod (probe/select.py reads this file).
+PROBE_FACTS_PATH = "probe/matrix_facts.json"
 
 
 def to_plain(value: Any) -> Any:
@@ -85,3 +88,16 @@ def bake_file(targets: Iterable[Target], *, cache_dir: str = ".cache/buildx") ->
             "platforms": ["linux/amd64"],
         }
     return dumps({"group": {"default": {"targets": names}}, "target": bake_targets})
+
+
+def probe_facts(matrix: Matrix) -> str:
+    """probe/matrix_facts.json: NVIDIA arch -> SMs and CUDA version -> driver floor, as matrix.yaml says.
+
+    Written by `imagefactory render`, drift-checked by `render --check`; the probe keeps no hand copy.
+    """
+    return dumps({
+        "_generated": "by `imagefactory render` from matrix.yaml: edit matrix.yaml, not this file",
+        "arch_sms": {name: list(arch.sms) for name, arch in matrix.arches.items() if arch.vendor == "nvidia"},
+        "cuda_driver_floor": {tk.version: int(tk.driver_floor.split(".")[0]) for tk in matrix.toolkits.values()
+                              if tk.kind == "cuda" and tk.driver_floor},
+    })

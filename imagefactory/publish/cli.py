@@ -16,7 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from imagefactory.publish.push import REPORTS_DIR, GateReport, default_release, publish, release_tags, summary_markdown, write_release_record
+from imagefactory.plan.model import release_tags
+from imagefactory.publish.push import REPORTS_DIR, GateReport, default_release, publish, summary_markdown, write_release_record
 from imagefactory.publish.docs import DOCS_REPO, drift, generate, write
 from imagefactory.publish.errors import ReleaseError
 from imagefactory.publish.registry import Registry, RepoRef

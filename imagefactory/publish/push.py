@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from imagefactory.plan.model import Target, immutable_tag
+from imagefactory.plan.model import ReleaseTags, Target, release_tags
 from imagefactory.publish.errors import ReleaseError
 from imagefactory.publish.registry import Registry, RepoRef
 
@@ -36,32 +35,12 @@ GATE_REPORT_LABEL = "io.imagefactory.gate.report"
 SBOM_LABEL = "io.imagefactory.sbom"
 SBOM_PATH = "/opt/imagefactory/sbom.cdx.json"
 
-RELEASE_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z._]{0,40}")
 REPORTS_DIR = Path("reports")
 
 
 def default_release(now: _dt.datetime | None = None) -> str:
     """Release version when none is given: the UTC date, `20261127`."""
     return (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y%m%d")
-
-
-@dataclass(frozen=True)
-class ReleaseTags:
-    immutable: str
-    floating: tuple[str, ...]
-
-
-def release_tags(target: Target, release: str) -> ReleaseTags:
-    """hopper-cu130 at `20261127` → immutable `hopper-cu130-torch2.14.1-20261127` (planning's
-    immutable_tag), floating `hopper-cu130`, `hopper-cu130-latest` (Target.tags). The gate tags
-    locally with these names and push publishes them; probe/select.py parses exactly these shapes."""
-    if not RELEASE_PATTERN.fullmatch(release):
-        raise ReleaseError(f"release {release!r}: use letters, digits, '.' or '_' (e.g. 20261127 or 1.2.0)")
-    if release.lower() == "latest":
-        # `<id>-torch<v>-latest` would be an immutable tag that reads as a floating one (and does so to
-        # probe select, which treats a trailing -latest as floating).
-        raise ReleaseError(f"release {release!r}: 'latest' is a floating name; immutable tags need a version or date")
-    return ReleaseTags(immutable_tag(target, release), tuple(target.tags))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from imagefactory import immutable_tag
 from imagefactory import resolve_target
 from imagefactory import select_targets
 from imagefactory.errors import RefusedTargetError, UnknownTargetError
-from imagefactory.plan.expand import ID_RE, expand, expand_braces
+from imagefactory.plan.expand import expand, expand_braces
 from imagefactory.plan.model import Matrix
 from imagefactory.plan.rules import check, Candidate
 
@@ -64,18 +64,19 @@ def test_suffix_ids_and_their_meaning(matrix: Matrix) -> None:
     assert t.torch.version == "2.7.1" and not t.is_default
     t = resolve_target(matrix, "hopper-cu130-nvidia")
     assert t.flavor == "nvidia" and t.nvcc == "base" and t.base.build.startswith("nvidia/cuda:13.0")
-    for t in expand(matrix).targets:
-        assert ID_RE.match(t.id), t.id
 
 
-def test_probe_parses_every_target_id(matrix: Matrix) -> None:
-    """probe select reads target ids from registry tags with its own copy of ID_RE (the probe is
-    stdlib-only and cannot import imagefactory): the copy must accept every id planning makes."""
-    from probe.select import TARGET_ID
+def test_every_id_parses_back_to_its_parts(matrix: Matrix) -> None:
+    """Planning makes ids and `probe select` parses them with one grammar (probe/tags.py)."""
+    from probe import tags
 
     for t in expand(matrix).targets:
-        parsed = TARGET_ID.match(t.id)
-        assert parsed and (parsed["arch"], parsed["toolkit"]) == (t.arch.name, t.toolkit.id), t.id
+        parsed = tags.parse_target_id(t.id)
+        assert parsed is not None, t.id
+        assert (parsed.arch, parsed.toolkit) == (t.arch.name, t.toolkit.id)
+        assert tags.make_target_id(*parsed) == t.id
+        assert parsed.flavor in (None, t.flavor) and parsed.dtype in (None, t.train_dtype)
+        assert parsed.torch in (None, t.torch.minor)
 
 
 def test_ids_are_unique_and_sorted(matrix: Matrix) -> None:

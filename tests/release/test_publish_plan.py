@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from imagefactory.plan.expand import all_targets
+from imagefactory.errors import UsageError
 from imagefactory.plan.matrix import load_matrix
+from imagefactory.plan.model import release_tags
 from imagefactory.publish.push import (
     GATE_IMAGE_LABEL,
     GATE_LABEL,
@@ -17,7 +19,6 @@ from imagefactory.publish.push import (
     SBOM_LABEL,
     GateReport,
     publish,
-    release_tags,
     summary_markdown,
     write_release_record,
 )
@@ -91,9 +92,10 @@ TAGS = release_tags(HOPPER, "20261127")
 def test_tags_shape() -> None:
     assert TAGS.immutable == "hopper-cu130-torch2.14.1-20261127"
     assert TAGS.floating == ("hopper-cu130", "hopper-cu130-latest")
-    with pytest.raises(ReleaseError, match="release 'bad/one'"):
+    # a bad release is a usage error (exit 2), found before anything is built or pushed
+    with pytest.raises(UsageError, match="release 'bad/one'"):
         release_tags(HOPPER, "bad/one")
-    with pytest.raises(ReleaseError, match="'latest' is a floating name"):
+    with pytest.raises(UsageError, match="'latest' is a floating name"):
         release_tags(HOPPER, "Latest")
 
 
@@ -222,15 +224,15 @@ def test_tags_agree_with_planning_and_with_probe_select() -> None:
     """The gate tags locally with these names, push publishes them, and `probe select` reads them back."""
     from imagefactory.build.gate import gate_tags  # noqa: PLC0415
     from imagefactory.plan.model import immutable_tag  # noqa: PLC0415
-    from probe.select import FLOATING_SUFFIX, IMMUTABLE_TAG, is_immutable  # noqa: PLC0415
+    from probe.tags import FLOATING_SUFFIX, is_immutable, parse_immutable_tag  # noqa: PLC0415
 
     for target in TARGETS:
         tags = release_tags(target, "2026.11.0")
         assert tags.immutable == immutable_tag(target, "2026.11.0")
         assert tags.floating == tuple(target.tags)
         assert gate_tags(target, "2026.11.0") == tuple(f"{target.image_repo}:{t}" for t in (*tags.floating, tags.immutable))
-        parsed = IMMUTABLE_TAG.match(tags.immutable)
+        parsed = parse_immutable_tag(tags.immutable)
         assert is_immutable(tags.immutable) and parsed is not None
-        assert (parsed["id"], parsed["torch"], parsed["release"]) == (target.id, target.torch.version, "2026.11.0")
+        assert parsed == (target.id, target.torch.version, "2026.11.0")
         assert not any(is_immutable(tag) for tag in tags.floating)
         assert {tag.removesuffix(FLOATING_SUFFIX) for tag in tags.floating} == {target.id}

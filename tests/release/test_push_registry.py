@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.publish.push import GATE_IMAGE_LABEL, GATE_LABEL, GATE_REPORT_LABEL, SBOM_LABEL, GateReport, publish, release_tags
+from imagefactory.plan.model import release_tags
+from imagefactory.publish.push import GATE_IMAGE_LABEL, GATE_LABEL, GATE_REPORT_LABEL, SBOM_LABEL, GateReport, publish
 from imagefactory.publish.docker_ops import CliDocker
 from imagefactory.publish.errors import ReleaseError
 from imagefactory.publish.registry import Registry, RepoRef
