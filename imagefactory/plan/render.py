@@ -3,12 +3,18 @@
 Deterministic: the output depends only on the Target and the template files (no dates, no git
 revision: those are Dockerfile ARGs). Files are written only when their content changes, and only
 after every target rendered, so a template error leaves nothing half-written.
+
+Safe to run twice at once: writing holds a lock on the output root and replaces files atomically
+(temp file + rename). It never follows a symbolic link under the root, and prunes only files that
+carry the generated header (GENERATED_MARK): a Dockerfile someone wrote by hand is left alone.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
+import shlex
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -23,6 +29,9 @@ from imagefactory.plan.model import Target
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE_DIR = REPO_ROOT / "templates"
 ENTRY_TEMPLATE = "Dockerfile.j2"
+# templates/Dockerfile.j2 writes this into every file it renders: prune removes only such files.
+GENERATED_MARK = "by imagefactory: edit the template, not this file."
+_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
 
 
 def bnb_library(target: Target) -> str:
@@ -32,8 +41,30 @@ def bnb_library(target: Target) -> str:
     return f"libbitsandbytes_{prefix}{target.toolkit.version.replace('.', '')}.so"
 
 
+def _one_line(value: object) -> str:
+    text = str(value)
+    if _CONTROL & set(text):
+        # a line break would end the instruction and start another: refuse rather than quote
+        raise ValueError(f"refusing to render {text!r}: it holds a control character")
+    return text
+
+
+def shell_quote(value: object) -> str:
+    """One shell word (`sh` filter): `peft==0.21.2` as is, anything with shell syntax in single quotes."""
+    return shlex.quote(_one_line(value))
+
+
+def docker_quote(value: object) -> str:
+    """A Dockerfile ENV/LABEL value (`docker` filter): double quotes with Docker's escapes, so `$HOME`
+    and `${X}` stay literal (Docker expands variables in ENV and LABEL); non-ASCII is kept as is."""
+    text = _one_line(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
 # Functions templates may call besides reading `target`; add here, never compute in templates.
 TEMPLATE_GLOBALS: dict[str, Callable[..., Any]] = {"bnb_library": bnb_library}
+# How values are quoted where they land: `sh` inside RUN lines, `docker` for ENV and LABEL values.
+TEMPLATE_FILTERS: dict[str, Callable[..., Any]] = {"sh": shell_quote, "docker": docker_quote}
 
 
 def environment(template_dir: Path | None = None) -> jinja2.Environment:
@@ -53,6 +84,7 @@ def _environment(template_dir: str) -> jinja2.Environment:
         autoescape=False,  # Dockerfiles, not HTML
     )
     env.globals.update(TEMPLATE_GLOBALS)
+    env.filters.update(TEMPLATE_FILTERS)
     return env
 
 
@@ -98,18 +130,44 @@ def render_all(targets: Iterable[Target], template_dir: Path | None = None) -> d
     return {t.dockerfile: render_target(t, template_dir) for t in targets}
 
 
+def _refuse_links(root: Path, rel: str) -> Path:
+    """root/rel, refusing when a component below root is a symbolic link: a link could point the
+    write (or the prune) outside the tree render owns."""
+    path = root
+    for part in Path(rel).parts:
+        path = path / part
+        if path.is_symlink():
+            raise ImageFactoryError(f"{path}: is a symbolic link; render does not follow links (remove it)")
+    return path
+
+
+def _is_generated(path: Path) -> bool:
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as handle:
+            return GENERATED_MARK in handle.read(4096)
+    except OSError:
+        return False
+
+
 def _existing(root: Path) -> set[str]:
+    """Rendered Dockerfiles under root/dockerfiles: regular files with the generated header, no links."""
     base = root / "dockerfiles"
-    if not base.is_dir():
+    if base.is_symlink() or not base.is_dir():
         return set()
-    return {str(p.relative_to(root)) for p in base.glob("*/Dockerfile")}
+    found = set()
+    for entry in os.scandir(base):
+        if entry.is_dir(follow_symlinks=False):
+            path = Path(entry.path) / "Dockerfile"
+            if not path.is_symlink() and path.is_file() and _is_generated(path):
+                found.add(str(path.relative_to(root)))
+    return found
 
 
 def check(rendered: dict[str, str], root: Path, *, prune: bool = True) -> list[Drift]:
     """Every file that differs from what rendering would write (and stale ones when prune)."""
     drift: list[Drift] = []
     for rel, text in sorted(rendered.items()):
-        path = root / rel
+        path = _refuse_links(root, rel)
         try:
             if not path.exists():
                 drift.append(Drift(Path(rel), "missing"))
@@ -125,25 +183,38 @@ def check(rendered: dict[str, str], root: Path, *, prune: bool = True) -> list[D
 
 
 def write(rendered: dict[str, str], root: Path, *, prune: bool = True) -> list[Drift]:
-    """Write changed files atomically (temp file + rename); remove stale ones. Returns what changed."""
-    changes = check(rendered, root, prune=prune)
-    for change in changes:
-        try:
-            _apply(change, root, rendered)
-        except OSError as exc:  # an unwritable --out, a full disk: one line naming the file
-            raise _cannot("write", root / change.path, exc) from None
-    return changes
+    """Write changed files atomically (temp file + rename); remove stale ones. Returns what changed.
+
+    Holds an exclusive lock on the root directory meanwhile: a second render waits, then finds
+    the files already written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise _cannot("write", root, exc) from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        changes = check(rendered, root, prune=prune)
+        for change in changes:
+            try:
+                _apply(change, root, rendered)
+            except OSError as exc:  # an unwritable --out, a full disk: one line naming the file
+                raise _cannot("write", root / change.path, exc) from None
+        return changes
+    finally:
+        os.close(lock)  # closing releases the lock
 
 
 def _apply(change: Drift, root: Path, rendered: dict[str, str]) -> None:
-    path = root / change.path
+    path = _refuse_links(root, str(change.path))
     if change.kind == "stale":
-        path.unlink()
-        if not any(path.parent.iterdir()):
+        path.unlink(missing_ok=True)
+        if path.parent.is_dir() and not any(path.parent.iterdir()):
             path.parent.rmdir()
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".Dockerfile.")
+    _refuse_links(root, str(change.path))  # mkdir may have raced with someone making a link: look again
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(rendered[str(change.path)])

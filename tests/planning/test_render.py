@@ -44,7 +44,7 @@ def test_write_only_when_changed_and_check(matrix: Matrix, tmp_path: Path) -> No
     assert path.stat().st_mtime_ns == before
     path.write_text("edited\n")
     (tmp_path / "dockerfiles/gone-cu999").mkdir()
-    (tmp_path / "dockerfiles/gone-cu999/Dockerfile").write_text("old\n")
+    (tmp_path / "dockerfiles/gone-cu999/Dockerfile").write_text(f"# old {render.GENERATED_MARK}\n")
     drift = {str(d) for d in render.check(rendered, tmp_path)}
     assert drift == {"dockerfiles/hopper-cu130/Dockerfile: changed", "dockerfiles/gone-cu999/Dockerfile: stale"}
     assert render.check(rendered, tmp_path, prune=False) == [render.Drift(Path("dockerfiles/hopper-cu130/Dockerfile"),
