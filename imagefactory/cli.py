@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from imagefactory.plan import outputs
+from imagefactory.plan import outputs, schema
 
 from imagefactory.plan import render
 from imagefactory.errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, did_you_mean
@@ -210,6 +210,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     root = Path(args.out) if args.out else render.REPO_ROOT
     rendered = render.render_all(targets, templates)
     rendered[outputs.PROBE_FACTS_PATH] = outputs.probe_facts(matrix)
+    rendered[schema.SCHEMA_PATH] = schema.schema_text()
     prune = not args.select  # a partial render must not delete the other targets' files
     if args.check:
         drift = render.check(rendered, root, prune=prune)
@@ -258,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("render", parents=[matrix_opt],
-                       help="write dockerfiles/<target>/Dockerfile and probe/matrix_facts.json (only if changed)")
+                       help="write dockerfiles/<target>/Dockerfile and the generated facts and schema (only if changed)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 listing every file that differs")
     p.add_argument("--select", metavar="GLOB", help="only these targets (no stale-file pruning)")
     p.add_argument("--templates", metavar="DIR", help="template directory (default: templates/)")

@@ -14,17 +14,9 @@ from dataclasses import dataclass
 from packaging.version import Version
 
 from imagefactory.errors import ConfigError, RefusedTargetError, UnknownTargetError, near_misses
-from imagefactory.plan.model import CellSpec, Matrix, ResolvedTorch, Target, TorchBuild, TrainDtype
-from imagefactory.plan.rules import Candidate, Refusal, base_images, check, payload_for, vendor_mismatch
+from imagefactory.plan.model import CellSpec, Matrix, RefusedCell, Refusal, ResolvedTorch, Target, TorchBuild, TrainDtype
+from imagefactory.plan.rules import Candidate, base_images, check, payload_for, vendor_mismatch
 from probe import tags
-
-
-@dataclass(frozen=True)
-class RefusedCell:
-    """An arch x toolkit cell that an `expand: all` expansion skipped, and why."""
-
-    id: str
-    refusals: tuple[Refusal, ...]
 
 
 @dataclass(frozen=True)
@@ -88,7 +80,7 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
     payload = payload_for(matrix, torch.version, python)
     assert payload is not None  # rule payload refuses candidates without one
     nvcc = tk.nvcc[flavor.name]
-    index_url = None if torch.pypi_toolkit == tk.id else matrix.torch_index_url.format(toolkit=tk.id)
+    index_url = None if torch.pypi_toolkit == tk.id else matrix.torch_index_url.replace("{toolkit}", tk.id)
     dtype = cand.dtype or natural_dtype(cand)
     warm = matrix.warm_triton_cache and tk.kind == "cuda"
     sm_codes = tuple(sm.replace(".", "") for sm in arch.sms)
@@ -183,17 +175,12 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
     )
 
 
-_CACHE: dict[int, tuple[Matrix, Expansion]] = {}
-
-
 def expand(matrix: Matrix) -> Expansion:
-    """Every target of the matrix (defaults, then extra cells) and the skipped cells. Cached per Matrix."""
-    hit = _CACHE.get(id(matrix))
-    if hit is not None and hit[0] is matrix:
-        return hit[1]
-    result = _expand(matrix)
-    _CACHE[id(matrix)] = (matrix, result)
-    return result
+    """Every target of the matrix (defaults, then extra cells) and the skipped cells. A loaded matrix
+    carries them (the loader expands once); a Matrix built by hand is expanded here."""
+    if matrix.targets:
+        return Expansion(matrix.targets, matrix.refused)
+    return _expand(matrix)
 
 
 def _defaults(matrix: Matrix) -> dict[tuple[str, str], Pick]:

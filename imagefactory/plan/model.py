@@ -125,6 +125,25 @@ class CellSpec:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A compatibility rule's verdict against a candidate cell (imagefactory/plan/rules.py)."""
+
+    rule: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"refused by rule {self.rule}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class RefusedCell:
+    """An arch x toolkit cell that an `expand: all` expansion skipped, and why."""
+
+    id: str
+    refusals: tuple[Refusal, ...]
+
+
+@dataclass(frozen=True)
 class Matrix:
     path: Path
     image_repo: str
@@ -142,6 +161,9 @@ class Matrix:
     expand_all: bool
     extra_cells: tuple[CellSpec, ...]
     lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, repr=False, compare=False)
+    # Filled by the loader (load_matrix / parse_matrix): every target, and the cells the rules skipped.
+    targets: tuple[Target, ...] = field(default=(), repr=False, compare=False)
+    refused: tuple[RefusedCell, ...] = field(default=(), repr=False, compare=False)
 
     def where(self, *path: str | int) -> str:
         """`matrix.yaml:42 torch."2.14.1".triton` for a key path (line of the nearest recorded key)."""

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from imagefactory.plan.model import ArchFamily, BaseImages, Flavor, Matrix, Payload, Toolkit, TorchBuild, TrainDtype, minor_of
+from imagefactory.plan.model import (ArchFamily, BaseImages, Flavor, Matrix, Payload, Refusal, Toolkit, TorchBuild,
+                                     TrainDtype, minor_of)
 
 
 @dataclass(frozen=True)
@@ -22,15 +23,6 @@ class Candidate:
     torch: TorchBuild
     flavor: Flavor
     dtype: TrainDtype | None  # None: bf16 where the arch has it, else fp16
-
-
-@dataclass(frozen=True)
-class Refusal:
-    rule: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"refused by rule {self.rule}: {self.reason}"
 
 
 def _v(text: str) -> Version:

