@@ -24,8 +24,10 @@ from rich.table import Table
 from imagefactory.plan import outputs, schema
 
 from imagefactory.plan import render
-from imagefactory.errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, did_you_mean
-from imagefactory.plan.expand import all_targets, expand, flavors_for, id_matches, pick, resolve_target, select_targets, torches_for
+from imagefactory.errors import (ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, UsageError,
+                                 did_you_mean)
+from imagefactory.plan.expand import (all_targets, expand, flavors_for, id_matches, natural_dtype, pick, resolve_target,
+                                      select_targets, torches_for)
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.model import TRAIN_DTYPES, Matrix, Target
 from imagefactory.plan.rules import Candidate
@@ -85,12 +87,18 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
 
 def _why_not(matrix: Matrix, args: argparse.Namespace) -> int:
+    if args.format not in ("table", "json", "ids"):
+        raise UsageError(f"--why-not lists refused cells as table, json or ids, not {args.format} "
+                         f"(they are not targets: nothing to build)")
     refused = expand(matrix).refused
     if args.select:
         refused = tuple(c for c in refused if id_matches(c.id, args.select))
     if args.format == "json":
         sys.stdout.write(outputs.dumps([{"id": c.id, "refusals": [{"rule": r.rule, "reason": r.reason}
                                                                    for r in c.refusals]} for c in refused]))
+        return 0
+    if args.format == "ids":
+        sys.stdout.write("".join(f"{c.id}\n" for c in refused))
         return 0
     for cell in refused:
         for refusal in cell.refusals:
@@ -163,8 +171,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     cand = choice.candidate or _first_candidate(matrix, args.arch, args.toolkit, torch, args.flavor, args.dtype)
     label = f"{args.arch} x {args.toolkit} x torch {cand.torch.version} ({cand.flavor.name} flavor)"
     if choice.candidate is not None:
+        dtype = cand.dtype or natural_dtype(cand)
         ids = [t.id for t in all_targets(matrix) if t.arch.name == args.arch and t.toolkit.id == args.toolkit
-               and t.torch.version == cand.torch.version and t.flavor == cand.flavor.name]
+               and t.torch.version == cand.torch.version and t.flavor == cand.flavor.name and t.train_dtype == dtype]
         print(f"allowed: {label}" + (f" -> target {ids[0]}" if ids else " (not a cell of the matrix: add it under "
                                                                           "cells.extra)"))
         if torch is None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from packaging.version import Version
 
-from imagefactory.errors import ConfigError, RefusedTargetError, UnknownTargetError, near_misses
+from imagefactory.errors import ConfigError, RefusedTargetError, UnknownTargetError, UsageError, near_misses
 from imagefactory.plan.model import CellSpec, Matrix, RefusedCell, Refusal, ResolvedTorch, Target, TorchBuild, TrainDtype
 from imagefactory.plan.rules import Candidate, base_images, check, payload_for, vendor_mismatch
 from probe import tags
@@ -280,16 +280,26 @@ def _unknown_message(prefix: str, word: str, known: dict[str, Target]) -> str:
     return f"{prefix}; `imagefactory targets` lists the {len(known)} targets"
 
 
+MAX_GLOBS = 1000  # `{a,b}` twenty times over is a million globs: refuse rather than hang
+
+
 def expand_braces(pattern: str) -> list[str]:
-    """`hopper-{cu128,cu130}` -> ['hopper-cu128', 'hopper-cu130'] (nested braces work; no brace: as is)."""
-    match = re.search(r"\{([^{}]*)\}", pattern)
-    if match is None:
-        return [pattern]
-    head, tail = pattern[: match.start()], pattern[match.end():]
-    out: list[str] = []
-    for option in match.group(1).split(","):
-        out.extend(expand_braces(head + option + tail))
-    return out
+    """`hopper-{cu128,cu130}` -> ['hopper-cu128', 'hopper-cu130'] (nested braces work; no brace: as is).
+
+    Iterative (any nesting depth) and capped at MAX_GLOBS results (a usage error beyond)."""
+    done: list[str] = []
+    todo = [pattern]
+    while todo:
+        current = todo.pop()
+        match = re.search(r"\{([^{}]*)\}", current)  # an innermost pair
+        if match is None:
+            done.append(current)
+            continue
+        head, tail = current[: match.start()], current[match.end():]
+        todo.extend(head + option + tail for option in reversed(match.group(1).split(",")))
+        if len(done) + len(todo) > MAX_GLOBS:
+            raise UsageError(f"--select {pattern[:60]!r}: its braces expand to more than {MAX_GLOBS} patterns")
+    return list(dict.fromkeys(done))  # inner pairs expand first: `{a,{b,c}}` meets `a` twice
 
 
 def id_matches(target_id: str, pattern: str) -> bool:

@@ -130,8 +130,9 @@ class _Doc:
 
     def problem(self, path: Path_, what: str) -> None:
         where = format_path(path) + ": " if path else ""
-        # keys and values come from the file: escape line breaks so each problem stays one line
-        message = f"{where}{what}".replace("\r", "\\r").replace("\n", "\\n")
+        # keys and values come from the file: escape line breaks (and every other unprintable) so each
+        # problem stays one line
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{where}{what}")
         self.problems.append((self.line(path), f"{self.name}:{self.line(path)}: {message}"))
 
     def scalar(self, node: yaml.Node, path: Path_) -> Any:

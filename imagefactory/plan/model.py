@@ -6,6 +6,8 @@ commands see only these objects. The `Target` fields are the contract of docs/AR
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +187,8 @@ def format_path(path: tuple[str | int, ...] | list[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            text = f'"{part}"' if "." in part or not part else part
+            # quoted (JSON escapes) unless plain: a key from the file may hold dots, spaces or line breaks
+            text = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part, ensure_ascii=False)
             out += ("." if out else "") + text
     return out or "(top level)"
 

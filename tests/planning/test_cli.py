@@ -46,6 +46,10 @@ def test_why_not(run_cli) -> None:
     assert res.code == 0 and "volta-cu130: refused by rule sm-dropped" in res.out
     data = json.loads(run_cli("targets", "--why-not", "--format", "json", "--select", "blackwell-*").out)
     assert {c["id"] for c in data} == {"blackwell-cu118", "blackwell-cu121", "blackwell-cu124", "blackwell-cu126"}
+    assert "volta-cu130\n" in run_cli("targets", "--why-not", "--format", "ids").out
+    for fmt in ("bake", "github"):  # refused cells are not targets: a build file of them would be a lie
+        res = run_cli("targets", "--why-not", "--format", fmt)
+        assert res.code == 2 and res.out == "" and res.err.count("\n") == 1 and f"not {fmt}" in res.err
 
 
 def test_show_prints_values_and_sources(run_cli, matrix) -> None:
@@ -80,6 +84,8 @@ def test_refused_target_exit_3(run_cli) -> None:
         (("explain", "blackwell", "cu121"), 3, "FAIL sm-floor"),
         (("explain", "turing", "cu126", "--dtype", "bf16"), 3, "refused by rule bf16"),
         (("explain", "hopper", "cu128", "2.7.1"), 0, "-> target hopper-cu128-torch2.7"),
+        # fp16 on hopper is allowed but no cell of the matrix: never the bf16 target hopper-cu130
+        (("explain", "hopper", "cu130", "--dtype", "fp16"), 0, "(not a cell of the matrix: add it under cells.extra)"),
     ],
 )
 def test_explain(run_cli, argv, code, text) -> None:

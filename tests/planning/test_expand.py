@@ -8,7 +8,7 @@ from packaging.version import Version
 from imagefactory import immutable_tag
 from imagefactory import resolve_target
 from imagefactory import select_targets
-from imagefactory.errors import RefusedTargetError, UnknownTargetError
+from imagefactory.errors import RefusedTargetError, UnknownTargetError, UsageError
 from imagefactory.plan.expand import expand, expand_braces
 from imagefactory.plan.model import Matrix
 from imagefactory.plan.rules import check, Candidate
@@ -125,6 +125,19 @@ def test_brace_expansion() -> None:
     assert expand_braces("hopper-{cu128,cu130}") == ["hopper-cu128", "hopper-cu130"]
     assert expand_braces("{a,b}-{c,d}") == ["a-c", "a-d", "b-c", "b-d"]
     assert expand_braces("plain") == ["plain"]
+    assert expand_braces("{a,{b,c}}x") == ["ax", "bx", "cx"] and expand_braces("{") == ["{"]
+
+
+def test_brace_expansion_is_capped_and_never_recursive(matrix: Matrix) -> None:
+    """Issue 10 class 14: `{a,b}` x22 was minutes; 1100 nested braces a RecursionError."""
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(UsageError, match="more than 1000 patterns"):
+        select_targets(matrix, "{a,b}" * 22)
+    assert time.monotonic() - started < 2
+    deep = "{" * 1100 + "hopper" + "}" * 1100 + "-cu130"
+    assert [t.id for t in select_targets(matrix, deep)] == ["hopper-cu130"]
 
 
 def test_select(matrix: Matrix) -> None:
