@@ -18,8 +18,9 @@ from typing import Any, Literal
 
 from imagefactory.build.docker import DockerClient, DockerCommandError, gpu_run_args, host_has_gpus, image_exists, image_inspect, run_container, tag, untag
 from imagefactory.errors import GateFailedError
-from imagefactory.plan.model import Target, immutable_tag, release_tags
+from imagefactory.plan.model import Target, release_tags
 from imagefactory.run import CommandError, echo
+from probe.tags import immutable_prefix
 
 REPORTS_DIR = Path("reports")
 STEP_TIMEOUT_S = 3600  # the CPU smoke run is the slow one; a hung container must not hang CI
@@ -163,8 +164,8 @@ def gate_image(
 def earlier_tags(target: Target, repo_tags: list[str]) -> list[str]:
     """Which of an image's names are this target's gate tags (floating, or immutable of any release)."""
     floating = {f"{target.image_repo}:{tag}" for tag in target.tags}
-    immutable_prefix = f"{target.image_repo}:{immutable_tag(target, '')}"
-    return [ref for ref in repo_tags if ref in floating or ref.startswith(immutable_prefix)]
+    prefix = f"{target.image_repo}:{immutable_prefix(target.id, target.torch.version)}"
+    return [ref for ref in repo_tags if ref in floating or ref.startswith(prefix)]
 
 
 def remove_earlier_tags(client: DockerClient, target: Target, failed: GateResult) -> None:
