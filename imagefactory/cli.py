@@ -29,7 +29,8 @@ from imagefactory.errors import (ImageFactoryError, RefusedTargetError, RenderDr
 from imagefactory.plan.expand import (all_targets, expand, flavors_for, id_matches, natural_dtype, pick, resolve_target,
                                       select_targets, torches_for)
 from imagefactory.plan.matrix import load_matrix
-from imagefactory.plan.model import TRAIN_DTYPES, Matrix, Target
+from imagefactory.plan.model import Matrix, Target
+from probe.tags import TRAIN_DTYPES
 from imagefactory.plan.rules import Candidate
 from imagefactory.plan.rules import explain as explain_rules
 

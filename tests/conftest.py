@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -40,7 +41,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     needs_docker = any("docker" in item.keywords for item in items)
     gpu = _has_gpu() if needs_gpu else False
     docker = _has_docker() if needs_docker else False
+    # `slow` tests (heavy hypothesis counts) run only when asked for: `-m slow` or IMAGEFACTORY_SLOW=1
+    asked = re.search(r"(?<!not )\bslow\b", config.getoption("markexpr") or "")
+    slow = bool(asked) or bool(os.environ.get("IMAGEFACTORY_SLOW"))
     for item in items:
+        if "slow" in item.keywords and not slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with -m slow or IMAGEFACTORY_SLOW=1"))
         if "gpu" in item.keywords and not gpu:
             item.add_marker(pytest.mark.skip(reason="no CUDA GPU visible to torch"))
         if "docker" in item.keywords and not docker:

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from packaging.version import Version
 
 from imagefactory.errors import ConfigError, RefusedTargetError, UnknownTargetError, UsageError, near_misses
-from imagefactory.plan.model import CellSpec, Matrix, RefusedCell, Refusal, ResolvedTorch, Target, TorchBuild, TrainDtype
+from imagefactory.plan.model import (
+    CellSpec,
+    Matrix,
+    Refusal,
+    RefusedCell,
+    ResolvedTorch,
+    Target,
+    TorchBuild,
+    TrainDtype,
+)
 from imagefactory.plan.rules import Candidate, base_images, check, payload_for, vendor_mismatch
 from probe import tags
 

@@ -24,8 +24,6 @@ from imagefactory.errors import ConfigError, did_you_mean
 from imagefactory.plan import schema
 from imagefactory.plan.expand import expand
 from imagefactory.plan.model import (
-    FLAVORS,
-    TRAIN_DTYPES,
     ArchFamily,
     BaseImages,
     Bitsandbytes,
@@ -40,6 +38,7 @@ from imagefactory.plan.model import (
     minor_of,
     nearest_line,
 )
+from probe.tags import FLAVORS, TRAIN_DTYPES
 
 Path_ = tuple[str | int, ...]
 
@@ -75,7 +74,7 @@ class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, capped: nesting deeper than MAX_DEPTH is an error while composing, and
     timestamps are not resolved (`foo: 2001-13-45` is a string, not a crash)."""
 
-    yaml_implicit_resolvers = {
+    yaml_implicit_resolvers = {  # noqa: RUF012 - PyYAML's own class attribute, replaced whole
         first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
@@ -84,13 +83,13 @@ class _Loader(yaml.SafeLoader):
         super().__init__(stream)
         self.depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:  # type: ignore[override]
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
                 raise yaml.composer.ComposerError(None, None, f"nesting deeper than {MAX_DEPTH} levels",
                                                   self.peek_event().start_mark)
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self.depth -= 1
 
@@ -366,7 +365,7 @@ def parse_matrix(text: str, path: Path) -> Matrix:
 
 def _compose(text: str, path: Path) -> yaml.Node | None:
     try:
-        return yaml.compose(text, Loader=_Loader)  # type: ignore[no-any-return]
+        return yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -446,7 +445,8 @@ def _arches(r: _Reader, value: Any) -> dict[str, ArchFamily]:
         if vendor == "amd" and gfx is not None and (not gfx or sms or min_rocm is None):
             r.doc.problem(p, "an amd arch needs a non-empty 'gfx' list, 'min_rocm' and no 'sms'")
             continue
-        if None in (vendor, sms, gfx, caps, desc) or ("min_rocm" in m and min_rocm is None):
+        if vendor is None or sms is None or gfx is None or caps is None or desc is None or (
+                "min_rocm" in m and min_rocm is None):
             continue
         arches[name] = ArchFamily(name, vendor, sms, gfx, frozenset(caps), min_rocm, desc)
     return arches

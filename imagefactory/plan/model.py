@@ -16,12 +16,7 @@ from typing import Literal
 from packaging.version import Version
 
 from imagefactory.errors import UsageError
-from probe import tags
-# The tag grammar (id parts, flavors, dtypes) lives in probe/tags.py: the probe parses tags with it.
-from probe.tags import ARCH_NAME_PATTERN as ARCH_NAME_PATTERN
-from probe.tags import FLAVORS as FLAVORS
-from probe.tags import TOOLKIT_ID_PATTERN as TOOLKIT_ID_PATTERN
-from probe.tags import TRAIN_DTYPES as TRAIN_DTYPES
+from probe import tags  # the tag grammar (ids, tags, flavors, dtypes): the probe parses tags with it
 
 Vendor = Literal["nvidia", "amd"]
 ToolkitKind = Literal["cuda", "rocm"]

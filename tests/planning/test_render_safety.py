@@ -78,7 +78,7 @@ def test_two_renders_at_once_both_succeed(tmp_path: Path) -> None:
         runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
                 for _ in range(2)]
         for run in runs:
-            out, err = run.communicate(timeout=120)
+            _, err = run.communicate(timeout=120)
             assert run.returncode == 0 and err == "", err
     assert not list(root.glob("dockerfiles/stale*"))
     assert not list(root.rglob(".Dockerfile.*"))  # no temp file left behind
