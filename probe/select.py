@@ -1,8 +1,8 @@
 """Pick the image to pull on a GPU machine: `python -m probe select --repo REPO`.
 
 Standard library only: this runs on a freshly rented pod before any image is pulled
-(copy probe/ over, or `pip install` the repository, then `python3 -m probe select`; `python3 probe/select.py`
-works too). It reads the tag grammar from probe/tags.py and matrix facts from probe/matrix_facts.json.
+(copy probe/ over, or `pip install` the repository, then `python3 -m probe select`; `python3 -I probe/select.py`
+works too: -I keeps this file from shadowing the standard library's `select`). It reads the tag grammar from probe/tags.py and matrix facts from probe/matrix_facts.json.
 
 Inputs: the GPU's compute capability and the driver version (from nvidia-smi, or given as
 `--gpu-sm 9.0 --driver 570.86`), and the candidate images: the registry's tag list
@@ -31,8 +31,8 @@ from pathlib import Path
 
 if __package__:
     from probe import tags as grammar
-else:  # run as a file (`python3 probe/select.py`, even with -I): import the grammar from beside it
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+else:  # run as a file (`python3 -I probe/select.py`): import the grammar from beside it
+    sys.path.append(str(Path(__file__).resolve().parent))
     import tags as grammar  # type: ignore[no-redef]
 
 # Facts of matrix.yaml this stdlib-only code cannot read on a pod, generated next to it by
