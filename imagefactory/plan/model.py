@@ -159,6 +159,8 @@ class Matrix:
     extra_cells: tuple[CellSpec, ...]
     lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, repr=False, compare=False)
     # Filled by the loader (load_matrix / parse_matrix): every target, and the cells the rules skipped.
+    # They belong to this exact matrix: a dataclasses.replace() of another field keeps them stale, so
+    # change matrix.yaml and load again instead.
     targets: tuple[Target, ...] = field(default=(), repr=False, compare=False)
     refused: tuple[RefusedCell, ...] = field(default=(), repr=False, compare=False)
 
