@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from imagefactory.errors import ImageFactoryError
+from imagefactory.log import echo
 
 
 class CommandError(ImageFactoryError):
@@ -38,10 +39,6 @@ class Completed:
 
 def quoted(argv: Sequence[str]) -> str:
     return shlex.join(argv)
-
-
-def echo(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def run(

@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 from imagefactory.build.docker import DockerClient, DockerCommandError, gpu_run_args, host_has_gpus, image_exists, image_inspect, run_container, tag, untag
 from imagefactory.errors import GateFailedError
-from imagefactory.plan.model import Target, immutable_tag
-from imagefactory.publish.push import release_tags
-from imagefactory.run import CommandError, echo
+from imagefactory.plan.model import Target
+from imagefactory.tags import gate_refs, is_gate_ref
+from imagefactory.log import echo
+from imagefactory.run import CommandError
 
 REPORTS_DIR = Path("reports")
 STEP_TIMEOUT_S = 3600  # the CPU smoke run is the slow one; a hung container must not hang CI
@@ -69,9 +70,8 @@ class GateResult:
 
 def gate_tags(target: Target, release: str) -> tuple[str, ...]:
     """Full references this target's image gets on a pass: floating ones, then the immutable one
-    (the names push publishes)."""
-    tags = release_tags(target, release)
-    return tuple(f"{target.image_repo}:{tag}" for tag in (*tags.floating, tags.immutable))
+    (the names push publishes; imagefactory.tags builds them)."""
+    return gate_refs(target, release)
 
 
 def failing_checks(report: Any) -> list[str]:
@@ -163,9 +163,7 @@ def gate_image(
 
 def earlier_tags(target: Target, repo_tags: list[str]) -> list[str]:
     """Which of an image's names are this target's gate tags (floating, or immutable of any release)."""
-    floating = {f"{target.image_repo}:{tag}" for tag in target.tags}
-    immutable_prefix = f"{target.image_repo}:{immutable_tag(target, '')}"
-    return [ref for ref in repo_tags if ref in floating or ref.startswith(immutable_prefix)]
+    return [ref for ref in repo_tags if is_gate_ref(target, ref)]
 
 
 def remove_earlier_tags(client: DockerClient, target: Target, failed: GateResult) -> None:

@@ -77,7 +77,7 @@ def test_cli_bad_release_fails_before_docker(fake_docker):
     docker = fake_docker("*) exit 0 ;;")
     done = subprocess.run([sys.executable, "-m", "imagefactory", "build", "hopper-cu130", "--release", "bad/one", "--docker", str(docker)],
                           capture_output=True, text=True, check=False)
-    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr
     assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
         "error: release 'bad/one': use letters, digits, '.' or '_' (e.g. 20261127 or 1.2.0)"]
     assert not fake_docker.log.exists()

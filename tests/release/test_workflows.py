@@ -54,7 +54,7 @@ def test_a_planted_mistake_fails(tmp_path: Path, original: str, planted: str, ex
     assert original in text
     release.write_text(text.replace(original, planted, 1))
     done = lint(tmp_path)
-    assert done.returncode != 0
+    assert done.returncode == 1  # actionlint: 1 = problems found (2 would be a fatal error)
     assert "release.yml" in done.stdout and expected in done.stdout, done.stdout
 
 
