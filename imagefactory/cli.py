@@ -168,8 +168,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  torch {cand.torch.version}: the newest torch shipping {args.toolkit} that passes every rule")
     else:
         print(f"refused: {args.arch} x {args.toolkit}" + (f" x torch {torch}" if torch else ""))
-        for refusal in choice.refusals:
-            print(f"  {refusal}")
+        for refused in choice.refusals:
+            print(f"  {refused}")
         print(f"rules checked for {label}:")
     for name, doc, refusal in explain_rules(matrix, cand):
         mark = "ok  " if refusal is None else "FAIL"
@@ -238,9 +238,9 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
-def _shared_options() -> dict[str, argparse.ArgumentParser]:
+def _shared_options() -> dict[str, Parser]:
     """The options several commands take, each declared once."""
-    def parent() -> argparse.ArgumentParser:
+    def parent() -> Parser:
         return Parser(add_help=False)
 
     matrix = parent()

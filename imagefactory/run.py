@@ -71,8 +71,7 @@ def run(
     try:
         if capture:
             done = subprocess.run(
-                argv, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, timeout=timeout, check=False,
+                argv, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
             )
             tail = tuple((done.stderr or "").strip().splitlines()[-20:])
             result = Completed(argv, done.returncode, done.stdout, tail)

@@ -27,6 +27,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 # Family name → the SMs its images are built for; used only when the candidates come from a bare
 # registry tag list (a tags file states the SMs itself). Mirrors matrix.yaml's `arches`.
@@ -80,7 +81,7 @@ class SelectError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse's usage errors in one line, exit 2 (like probe/cli.py's; this file must also run alone)."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -186,7 +187,7 @@ def _pick(entry: dict, *paths: str):
     """First present value among dotted paths (`toolkit.version`), so both the supported-tags JSON
     and `imagefactory targets --format json` are read."""
     for path in paths:
-        value = entry
+        value: Any = entry
         for key in path.split("."):
             value = value.get(key) if isinstance(value, dict) else None
         if value not in (None, "", []):

@@ -13,9 +13,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagefactory import log
 from imagefactory.build.docker import DockerClient, image_exists, import_rootfs
 from imagefactory.errors import ImageFactoryError
-from imagefactory import log
 from imagefactory.run import CommandError, run
 
 SUITE = "bookworm"  # Debian 12: python3 is 3.11, the slim flavor's declared python

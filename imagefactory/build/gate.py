@@ -1,10 +1,10 @@
 """The gate: a candidate image (by ID) proves itself with its own probe and smoke suite, then is tagged.
 
 Both steps run inside the image with `--network none`, and with the host's GPUs of the target's vendor
-when it has any (`--gpus all` for NVIDIA, ROCm's device nodes for AMD). Only when both pass is the image tagged `<repo>:<target>`, `<repo>:<target>-latest` and the
-immutable tag. A failed gate leaves no such tag on the image (also none that an earlier pass gave it),
-prints the failing checks and keeps the report in reports/<target>/ (gate.json, probe.json,
-smoke.json) — the file the release step reads.
+when it has any (`--gpus all` for NVIDIA, ROCm's device nodes for AMD). Only when both pass is the
+image tagged `<repo>:<target>`, `<repo>:<target>-latest` and the immutable tag. A failed gate leaves
+no such tag on the image (also none that an earlier pass gave it), prints the failing checks and keeps
+the report in reports/<target>/ (gate.json, probe.json, smoke.json) — the file the release step reads.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 from imagefactory.build.docker import DockerClient, DockerCommandError, gpu_run_args, host_has_gpus, image_exists, image_inspect, run_container, tag, untag
 from imagefactory.errors import GateFailedError
-from imagefactory.plan.model import Target
-from imagefactory.tags import gate_refs, is_gate_ref
 from imagefactory.log import echo
+from imagefactory.plan.model import Target
 from imagefactory.run import CommandError
+from imagefactory.tags import gate_refs, is_gate_ref
 
 REPORTS_DIR = Path("reports")
 STEP_TIMEOUT_S = 3600  # the CPU smoke run is the slow one; a hung container must not hang CI

@@ -24,11 +24,11 @@ from rich.table import Table
 from imagefactory import log
 from imagefactory.build import bootstrap as _bootstrap
 from imagefactory.build.docker import DockerClient, build, image_exists, image_size
-from imagefactory.errors import BuildFailedError, ImageFactoryError
 from imagefactory.build.gate import REPORTS_DIR, GateResult, gate_image
+from imagefactory.errors import BuildFailedError, ImageFactoryError
+from imagefactory.log import echo
 from imagefactory.plan.model import Target
 from imagefactory.plan.render import REPO_ROOT, render_target
-from imagefactory.log import echo
 from imagefactory.run import run
 
 BnbSource = Literal["git", "local", "wheel"]

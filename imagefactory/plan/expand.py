@@ -14,8 +14,18 @@ from dataclasses import dataclass
 from packaging.version import Version
 
 from imagefactory.errors import ConfigError, RefusedTargetError, UnknownTargetError, near_misses
-from imagefactory.plan.model import (ARCH_NAME_PATTERN, FLAVORS, TOOLKIT_ID_PATTERN, TRAIN_DTYPES, CellSpec, Matrix, ResolvedTorch,
-                    Target, TorchBuild, TrainDtype)
+from imagefactory.plan.model import (
+    ARCH_NAME_PATTERN,
+    FLAVORS,
+    TOOLKIT_ID_PATTERN,
+    TRAIN_DTYPES,
+    CellSpec,
+    Matrix,
+    ResolvedTorch,
+    Target,
+    TorchBuild,
+    TrainDtype,
+)
 from imagefactory.plan.rules import Candidate, Refusal, base_images, check, payload_for, vendor_mismatch
 
 ID_RE = re.compile(f"^(?P<arch>{ARCH_NAME_PATTERN})-(?P<toolkit>{TOOLKIT_ID_PATTERN})"

@@ -266,7 +266,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:  # noqa: C901 - one linear pass per section
+def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:
     r = _Reader(doc)
     if raw == {} or raw is None:
         doc.problem((), "the matrix is empty")

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory.plan.model import Target, immutable_tag
 from imagefactory.errors import ImageFactoryError
+from imagefactory.plan.model import Target, immutable_tag
 
 # The repository the docs name; the release workflow publishes to ghcr.io/<owner>/imagefactory.
 # Regenerate with --repo for another registry.

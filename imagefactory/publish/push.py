@@ -223,7 +223,8 @@ def summary_markdown(records: Sequence[dict[str, object]]) -> str:
     """The table the release workflow writes to $GITHUB_STEP_SUMMARY."""
     lines = ["## Published images", "", "| immutable tag | floating tags | digest |", "|---|---|---|"]
     for record in records:
-        floating = ", ".join(f"`{ref}`" for ref in record.get("floating", []))  # type: ignore[union-attr]
+        refs = record.get("floating")
+        floating = ", ".join(f"`{ref}`" for ref in refs) if isinstance(refs, list) else ""
         lines.append(f"| `{record['immutable']}` | {floating} | `{record['digest']}` |")
     if not records:
         lines.append("| (nothing published) | | |")

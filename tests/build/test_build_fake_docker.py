@@ -167,7 +167,7 @@ def test_gate_fails_on_a_smoke_exit_code_even_without_failed_checks(fake_docker,
 
 
 def test_a_hung_gate_step_fails_and_its_container_is_removed(fake_docker, hopper, tmp_path, monkeypatch):
-    import imagefactory.build.gate as gate  # noqa: PLC0415
+    import imagefactory.build.gate as gate
 
     monkeypatch.setattr(gate, "STEP_TIMEOUT_S", 0.5)
     client = DockerClient(str(fake_docker("run\\ *) exec sleep 30 ;;\nrm\\ *) exit 0 ;;\nimage\\ inspect\\ *) echo '[]' ;;")), "classic", "20.10.24")
@@ -185,7 +185,7 @@ def test_require_gpu_reaches_the_probe(fake_docker, hopper, tmp_path):
 
 
 def test_bootstrap_without_mmdebstrap_says_what_to_install(fake_docker, monkeypatch):
-    from imagefactory.build.bootstrap import BootstrapError, bootstrap  # noqa: PLC0415
+    from imagefactory.build.bootstrap import BootstrapError, bootstrap
 
     client = DockerClient(str(fake_docker("image\\ inspect\\ *) echo '[]'; exit 1 ;;")), "classic", "20.10.24")
     monkeypatch.setenv("PATH", str(fake_docker.log.parent))  # a PATH with no mmdebstrap
@@ -196,7 +196,7 @@ def test_bootstrap_without_mmdebstrap_says_what_to_install(fake_docker, monkeypa
 
 
 def test_bootstrap_skips_bases_that_exist(fake_docker):
-    from imagefactory.build.bootstrap import bootstrap  # noqa: PLC0415
+    from imagefactory.build.bootstrap import bootstrap
 
     client = DockerClient(str(fake_docker("image\\ inspect\\ *) echo '[{\"Id\": \"sha256:1\"}]' ;;")), "classic", "20.10.24")
     assert bootstrap(client) == []

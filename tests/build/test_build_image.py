@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.build.images import HOST_CA_BUNDLE, extra_certificates
 from imagefactory.build.docker import detect, image_inspect
+from imagefactory.build.images import HOST_CA_BUNDLE, extra_certificates
 from imagefactory.plan.render import REPO_ROOT
 
 pytestmark = pytest.mark.docker
@@ -123,7 +123,7 @@ def test_one_bitsandbytes_library_for_the_toolkit_plus_cpu(client, built):
 
 
 def _cuobjdump() -> Path:
-    import nvidia  # noqa: PLC0415 - from the dev extra nvidia-cuda-cuobjdump
+    import nvidia
 
     for root in map(Path, nvidia.__path__):
         found = sorted(root.glob("cu*/bin/cuobjdump"))

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).parent / "fixtures" / "templates"
 
@@ -145,7 +144,7 @@ def test_help_exits_0(run_cli) -> None:
 
 def test_shared_options_are_declared_once_and_taken_by_each_command() -> None:
     """--matrix, --docker, --release, --reports-dir mean the same on every command that takes them."""
-    from imagefactory.cli import build_parser  # noqa: PLC0415
+    from imagefactory.cli import build_parser
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]

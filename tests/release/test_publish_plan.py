@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from imagefactory.errors import PushFailedError, UsageError
 from imagefactory.plan.expand import all_targets
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.publish.push import (
@@ -20,7 +21,6 @@ from imagefactory.publish.push import (
     summary_markdown,
     write_release_record,
 )
-from imagefactory.errors import PushFailedError, UsageError
 from imagefactory.publish.registry import RemoteImage, RepoRef
 from imagefactory.tags import release_tags
 
@@ -221,9 +221,9 @@ def test_floating_tags_moved_from_an_existing_immutable_tag_are_pulled_first(tmp
 
 def test_tags_agree_with_planning_and_with_probe_select() -> None:
     """The gate tags locally with these names, push publishes them, and `probe select` reads them back."""
-    from imagefactory.build.gate import gate_tags  # noqa: PLC0415
-    from imagefactory.plan.model import immutable_tag  # noqa: PLC0415
-    from probe.select import FLOATING_SUFFIX, IMMUTABLE_TAG, is_immutable  # noqa: PLC0415
+    from imagefactory.build.gate import gate_tags
+    from imagefactory.plan.model import immutable_tag
+    from probe.select import FLOATING_SUFFIX, IMMUTABLE_TAG, is_immutable
 
     for target in TARGETS:
         tags = release_tags(target, "2026.11.0")

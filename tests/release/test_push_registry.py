@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.publish.push import GATE_IMAGE_LABEL, GATE_LABEL, GATE_REPORT_LABEL, SBOM_LABEL, GateReport, LocalDocker, publish
 from imagefactory.errors import PushFailedError
+from imagefactory.publish.push import GATE_IMAGE_LABEL, GATE_LABEL, GATE_REPORT_LABEL, SBOM_LABEL, GateReport, LocalDocker, publish
 from imagefactory.publish.registry import Registry, RepoRef
 from imagefactory.tags import release_tags
 
@@ -22,8 +22,8 @@ TARGET = "hopper-cu130"
 
 
 def hopper_target():
-    from imagefactory.plan.expand import resolve_target  # noqa: PLC0415
-    from imagefactory.plan.matrix import load_matrix  # noqa: PLC0415
+    from imagefactory.plan.expand import resolve_target
+    from imagefactory.plan.matrix import load_matrix
 
     return resolve_target(load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml"), TARGET)
 
@@ -157,8 +157,8 @@ def test_refuses_ungated_and_sbom_less_images(tmp_path: Path, repo: RepoRef) -> 
 
 def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Path, repo: RepoRef, capsys) -> None:
     """`python -m imagefactory push` end to end, then `probe select --repo` reads the registry's tags."""
-    from imagefactory.cli import main as cli_main  # noqa: PLC0415
-    from probe.select import main as select_main  # noqa: PLC0415
+    from imagefactory.cli import main as cli_main
+    from probe.select import main as select_main
 
     image = tiny_image(tmp_path, "a")
     (tmp_path / "reports" / TARGET).mkdir(parents=True)
@@ -172,7 +172,9 @@ def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Pa
     assert f"`{repo}:hopper-cu130-latest`" in capsys.readouterr().out
 
     # a second push of other content under the same release: one-line refusal, exit 7
-    (tmp_path / "reports" / TARGET / "gate.json").write_text(json.dumps({"target": TARGET, "image_id": tiny_image(tmp_path, "b"), "result": "passed", "mode": "gpu"}))
+    other = tiny_image(tmp_path, "b")
+    (tmp_path / "reports" / TARGET / "gate.json").write_text(
+        json.dumps({"target": TARGET, "image_id": other, "result": "passed", "mode": "gpu"}))
     assert cli_main(argv) == 7
     err = capsys.readouterr().err
     assert "error: " in err and "already exists with different content" in err and "Traceback" not in err
@@ -184,7 +186,7 @@ def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Pa
 
 
 def test_probe_select_reads_the_registry_tag_list(tmp_path: Path, repo: RepoRef) -> None:
-    from probe.select import registry_tags  # noqa: PLC0415
+    from probe.select import registry_tags
 
     image = tiny_image(tmp_path, "a")
     tags = ["hopper-cu130", "hopper-cu130-latest", "ampere-cu130", "ampere-cu130-latest", "blackwell-cu130"]
