@@ -15,6 +15,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("IMAGEFACTORY_BNB_SOURCE"),
         help="local bitsandbytes source tree: enables the opt-in compile-from-source image test",
     )
+    parser.addoption("--target", default="hopper-cu130",
+                     help="image suite (tests/build/test_build_image.py): the target whose image it inspects")
+    parser.addoption("--image", default=None,
+                     help="image suite: inspect this image (ID or reference) instead of building --target through the CLI")
 
 
 def _has_gpu() -> bool:

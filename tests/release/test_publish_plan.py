@@ -235,3 +235,17 @@ def test_tags_agree_with_planning_and_with_probe_select() -> None:
         assert (parsed["id"], parsed["torch"], parsed["release"]) == (target.id, target.torch.version, "2026.11.0")
         assert not any(is_immutable(tag) for tag in tags.floating)
         assert {tag.removesuffix(FLOATING_SUFFIX) for tag in tags.floating} == {target.id}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--release", "latest"], "error: release 'latest': 'latest' is a floating name"),
+    (["--release", "bad/one"], "error: release 'bad/one': use letters"),
+    (["--registry", ""], "error: push needs --registry HOST[:PORT]/NAME"),
+])
+def test_cli_push_usage_errors_exit_2_before_anything_runs(tmp_path: Path, capsys, argv, message) -> None:
+    from imagefactory.cli import main as cli_main
+
+    code = cli_main(["push", "hopper-cu130", "--registry", "127.0.0.1:5000/x", "--docker", str(tmp_path / "no-docker"),
+                     "--reports-dir", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert (code, err.count("\n")) == (2, 1) and err.startswith(message), err
