@@ -35,7 +35,7 @@ check: $(STAMP) ## Fail (exit 1) if any rendered Dockerfile differs from matrix.
 test: $(STAMP) ## ruff + mypy, then every test (docker/gpu tests skip themselves when absent)
 	$(PY) -m ruff check imagefactory probe tests noxfile.py
 	$(PY) -m mypy
-	$(PY) -m pytest
+	$(PY) -m pytest --slow
 
 lint: $(STAMP) ## ruff, mypy, render --check, docs --check and hadolint on every rendered Dockerfile
 	$(PY) -m nox -s lint

@@ -4,9 +4,10 @@
     pytest tests/build/test_build_image.py --target ampere-cu128            # builds that target
     pytest tests/build/test_build_image.py --target T --image ID_OR_REF     # inspects an image built already
 
-The matrix is the CLI's ($IMAGEFACTORY_MATRIX, else ./matrix.yaml). Without `--image` the session fixture builds through the real CLI (`python -m imagefactory build T`), so
-the gate runs too. Everything the tests expect (SMs, CUDA, torch, Python, the bitsandbytes library) comes
-from the target in matrix.yaml, never from the image. With `--bnb-source PATH` (or IMAGEFACTORY_BNB_SOURCE)
+The matrix is the CLI's ($IMAGEFACTORY_MATRIX, else ./matrix.yaml). Without `--image` the session
+fixture builds through the real CLI (`python -m imagefactory build T`), so the gate runs too. Everything
+the tests expect (SMs, CUDA, torch, Python, the bitsandbytes library) comes from the target in matrix.yaml,
+never from the image. With `--bnb-source PATH` (or IMAGEFACTORY_BNB_SOURCE)
 bitsandbytes is compiled from that local tree and the SASS test insists on exactly the target's SMs.
 The release workflow's gate job runs this suite on the image it built and gated.
 """
@@ -25,8 +26,8 @@ import pytest
 
 from imagefactory.build.docker import detect, image_inspect
 from imagefactory.build.images import HOST_CA_BUNDLE, extra_certificates
-from imagefactory.plan.expand import resolve_target
 from imagefactory.cli import default_matrix_path
+from imagefactory.plan.expand import resolve_target
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.model import Target
 from imagefactory.plan.render import REPO_ROOT
