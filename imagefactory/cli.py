@@ -24,6 +24,7 @@ from rich.table import Table
 
 from imagefactory import log
 from imagefactory.build import commands as build_commands
+from imagefactory.build.gate import REPORTS_DIR
 from imagefactory.errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, UsageError, did_you_mean
 from imagefactory.plan import outputs, render
 from imagefactory.plan.expand import all_targets, expand, flavors_for, id_matches, pick, resolve_target, select_targets, torches_for
@@ -33,7 +34,6 @@ from imagefactory.plan.rules import Candidate
 from imagefactory.plan.rules import explain as explain_rules
 from imagefactory.publish import commands as publish_commands
 from imagefactory.publish.docs import DOCS_REPO
-from imagefactory.publish.push import REPORTS_DIR
 
 REFUSED_EXIT = RefusedTargetError.exit_code
 INTERNAL_ERROR_EXIT = 70  # sysexits' EX_SOFTWARE: a bug, not bad input

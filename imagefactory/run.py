@@ -17,12 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from imagefactory.errors import ImageFactoryError
+from imagefactory.errors import CommandError
 from imagefactory.log import echo
-
-
-class CommandError(ImageFactoryError):
-    """A command could not start, or exited non-zero where success was required."""
 
 
 @dataclass(frozen=True)

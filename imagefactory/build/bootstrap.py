@@ -15,8 +15,8 @@ from pathlib import Path
 
 from imagefactory import log
 from imagefactory.build.docker import DockerClient, image_exists, import_rootfs
-from imagefactory.errors import ImageFactoryError
-from imagefactory.run import CommandError, run
+from imagefactory.errors import BootstrapError, CommandError
+from imagefactory.run import run
 
 SUITE = "bookworm"  # Debian 12: python3 is 3.11, the slim flavor's declared python
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -28,10 +28,6 @@ DPKG_EXCLUDES = (
     "path-exclude=/usr/share/info/*",
     "path-exclude=/usr/share/locale/*",
 )
-
-
-class BootstrapError(ImageFactoryError):
-    exit_code = 2
 
 
 @dataclass(frozen=True)

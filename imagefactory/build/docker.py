@@ -24,8 +24,8 @@ from typing import Literal
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from imagefactory import log
-from imagefactory.errors import DockerUnavailableError
-from imagefactory.run import CommandError, Completed, run
+from imagefactory.errors import CommandError, DockerCommandError, DockerSetupError
+from imagefactory.run import Completed, run
 
 BuildMode = Literal["buildx", "classic"]
 
@@ -34,16 +34,6 @@ BuildMode = Literal["buildx", "classic"]
 MIN_SERVER = (19, 3)
 DOCKER_ENV = "IMAGEFACTORY_DOCKER"
 INSTALL_HINT = "install Debian's docker.io (apt-get install docker.io) or Docker with the buildx plugin"
-
-
-class DockerSetupError(DockerUnavailableError):
-    """No daemon, no BuildKit-capable client, or a daemon too old: nothing can be built (exit 2)."""
-
-    exit_code = 2
-
-
-class DockerCommandError(DockerUnavailableError):
-    """A Docker command failed (not a build or a gate: those have their own errors)."""
 
 
 @dataclass(frozen=True)

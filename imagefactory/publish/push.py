@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from imagefactory.build import docker
+from imagefactory.build.gate import REPORTS_DIR
 from imagefactory.errors import PushFailedError
 from imagefactory.publish.registry import Registry, RepoRef
 from imagefactory.tags import ReleaseTags
@@ -35,7 +36,6 @@ GATE_REPORT_LABEL = "io.imagefactory.gate.report"
 SBOM_LABEL = "io.imagefactory.sbom"
 SBOM_PATH = "/opt/imagefactory/sbom.cdx.json"
 
-REPORTS_DIR = Path("reports")
 T = TypeVar("T")
 
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from imagefactory.build.docker import DockerClient, DockerSetupError, detect
+from imagefactory.build.docker import DockerClient, detect
+from imagefactory.errors import DockerSetupError
 
 HELP_WITH_SECRET = 'build\\ --help) [ "$DOCKER_BUILDKIT" = 1 ] && echo "  --secret stringArray" && exit 0; exit 1 ;;'
 SERVER_20 = 'version\\ *) echo 20.10.24+dfsg1 ;;'
@@ -80,7 +81,8 @@ def test_cli_bad_release_fails_before_docker(fake_docker):
 
 
 def test_bootstrap_without_mmdebstrap_says_what_to_install(fake_docker, monkeypatch):
-    from imagefactory.build.bootstrap import BootstrapError, bootstrap
+    from imagefactory.build.bootstrap import bootstrap
+    from imagefactory.errors import BootstrapError
 
     client = DockerClient(str(fake_docker("image\\ inspect\\ *) echo '[]'; exit 1 ;;")), "classic", "20.10.24")
     monkeypatch.setenv("PATH", str(fake_docker.log.parent))  # a PATH with no mmdebstrap
