@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from imagefactory.build.docker import DockerClient, detect
+from imagefactory.cli import main as cli_main
 from imagefactory.errors import DockerSetupError
 
 HELP_WITH_SECRET = 'build\\ --help) [ "$DOCKER_BUILDKIT" = 1 ] && echo "  --secret stringArray" && exit 0; exit 1 ;;'
@@ -53,30 +51,27 @@ def test_daemon_too_old(fake_docker):
         detect(str(old))
 
 
-def test_cli_build_without_usable_docker_is_one_line_exit_2(fake_docker):
+def test_cli_build_without_usable_docker_is_one_line_exit_2(fake_docker, capsys):
     refuses = fake_docker('*) exit 1 ;;')
-    done = subprocess.run([sys.executable, "-m", "imagefactory", "build", "hopper-cu130", "--docker", str(refuses)],
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 2
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert cli_main(["build", "hopper-cu130", "--docker", str(refuses)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "BuildKit" in errors[0]
-    assert "Traceback" not in done.stderr
 
 
-def test_cli_unknown_target_fails_before_docker(fake_docker):
-    done = subprocess.run([sys.executable, "-m", "imagefactory", "build", "hoper-cu130", "--docker", "/nonexistent"],
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 2 and "hopper-cu130" in done.stderr and "Traceback" not in done.stderr
+def test_cli_unknown_target_fails_before_docker(capsys):
+    assert cli_main(["build", "hoper-cu130", "--docker", "/nonexistent"]) == 2
+    assert "hopper-cu130" in capsys.readouterr().err
 
 
-def test_cli_bad_release_fails_before_docker(fake_docker):
-    """A release that cannot be a tag is refused before the build, not when the gate tags the image."""
+@pytest.mark.parametrize(("release", "message"), [
+    ("bad/one", "error: release 'bad/one': use letters, digits, '.' or '_' (e.g. 20261127 or 1.2.0)"),
+    ("latest", "error: release 'latest': 'latest' is a floating name; immutable tags need a version or date"),
+])
+def test_cli_bad_release_fails_before_docker(fake_docker, capsys, release, message):
+    """A release that cannot be a tag is a usage error before the build, not a failure when the gate tags."""
     docker = fake_docker("*) exit 0 ;;")
-    done = subprocess.run([sys.executable, "-m", "imagefactory", "build", "hopper-cu130", "--release", "bad/one", "--docker", str(docker)],
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
-        "error: release 'bad/one': use letters, digits, '.' or '_' (e.g. 20261127 or 1.2.0)"]
+    assert cli_main(["build", "hopper-cu130", "--release", release, "--docker", str(docker)]) == 2
+    assert capsys.readouterr().err.splitlines() == [message]
     assert not fake_docker.log.exists()
 
 
