@@ -347,12 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ImageFactoryError as exc:
         for line in exc.lines():
-            print(f"error: {line}", file=sys.stderr)
+            log.echo(f"error: {line}")
         return exc.exit_code
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        log.echo("error: interrupted")
         return 130
     except BrokenPipeError:  # `… | head`
         return 0
