@@ -33,7 +33,7 @@ check: $(STAMP) ## Fail (exit 1) if any rendered Dockerfile differs from matrix.
 	$(CLI) render --check
 
 test: $(STAMP) ## ruff + mypy, then every test (docker/gpu tests skip themselves when absent)
-	$(PY) -m ruff check imagefactory probe tests noxfile.py
+	$(PY) -m ruff check
 	$(PY) -m mypy
 	$(PY) -m pytest --slow
 
