@@ -32,10 +32,12 @@ render: $(STAMP) ## Render dockerfiles/<target>/Dockerfile (writes only changed 
 check: $(STAMP) ## Fail (exit 1) if any rendered Dockerfile differs from matrix.yaml + templates/
 	$(CLI) render --check
 
-test: $(STAMP) ## Run every test (docker/gpu tests skip themselves when absent)
-	$(PY) -m pytest
+test: $(STAMP) ## ruff + mypy, then every test (docker/gpu tests skip themselves when absent)
+	$(PY) -m ruff check
+	$(PY) -m mypy
+	$(PY) -m pytest --slow
 
-lint: $(STAMP) ## render --check, docs --check and hadolint on every rendered Dockerfile
+lint: $(STAMP) ## ruff, mypy, render --check, docs --check and hadolint on every rendered Dockerfile
 	$(PY) -m nox -s lint
 
 bootstrap: $(STAMP) ## Bootstrap the local base images imagefactory/base:bookworm[-build]

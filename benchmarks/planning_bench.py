@@ -9,14 +9,13 @@ Figures are recorded in docs/benchmarks.md ("Planning"), with the machine they c
 from __future__ import annotations
 
 import argparse
+import importlib
 import platform
 import statistics
 import time
 from pathlib import Path
 
-import importlib
-from imagefactory.plan import outputs
-from imagefactory.plan import render
+from imagefactory.plan import outputs, render
 from imagefactory.plan.matrix import load_matrix
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,41 +1,43 @@
-"""`python -m imagefactory …`: the command surface. Owns the argparse parser.
+"""`python -m imagefactory …`: the one command parser.
 
-Planning commands live here (targets, show, explain, render). Execution commands are registered by
-`imagefactory.build.cli` and `imagefactory.publish.cli` (each: `register(subparsers) -> None`, every
-subcommand sets `func=` taking the parsed args and returning an exit code); a missing module is
-skipped, anything else wrong with it is an error. Every failure is one `error: …` line per problem
-and a non-zero exit code, never a traceback.
+Every subcommand and every option is declared here, shared options once (parent parsers: `--matrix`,
+`--docker`, `--release`, `--reports-dir`, `--require-gpu`). The planning commands (targets, show,
+explain, render) are below; the execution commands live with their layer and are imported directly:
+imagefactory.build.commands (bootstrap, build, gate) and imagefactory.publish.commands (push, docs,
+summary). Every failure is one `error: …` line per problem and the error class's exit code (usage
+errors included: exit 2, never argparse's usage block), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from packaging.version import Version
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from imagefactory.plan import outputs, schema
-
-from imagefactory.plan import render
-from imagefactory.errors import (ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, UsageError,
-                                 did_you_mean)
-from imagefactory.plan.expand import (all_targets, expand, flavors_for, id_matches, natural_dtype, pick, resolve_target,
-                                      select_targets, torches_for)
+from imagefactory import log
+from imagefactory.build import commands as build_commands
+from imagefactory.build.gate import REPORTS_DIR
+from imagefactory.errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, UsageError, did_you_mean
+from imagefactory.plan import outputs, render, schema
+from imagefactory.plan.expand import all_targets, expand, flavors_for, id_matches, natural_dtype, pick, resolve_target, select_targets, torches_for
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.model import Matrix, Target
-from probe.tags import TRAIN_DTYPES
 from imagefactory.plan.rules import Candidate
 from imagefactory.plan.rules import explain as explain_rules
+from imagefactory.publish import commands as publish_commands
+from imagefactory.publish.docs import DOCS_REPO
+from probe.tags import TRAIN_DTYPES
 
-EXTENSION_MODULES = ("imagefactory.build.cli", "imagefactory.publish.cli")
 REFUSED_EXIT = RefusedTargetError.exit_code
+INTERNAL_ERROR_EXIT = 70  # sysexits' EX_SOFTWARE: a bug, not bad input
 
 
 def default_matrix_path() -> Path:
@@ -47,22 +49,15 @@ def default_matrix_path() -> Path:
     return here if here.exists() else render.REPO_ROOT / "matrix.yaml"
 
 
-def matrix_from_args(args: argparse.Namespace) -> Matrix:
-    """The validated matrix named by --matrix (for execution subcommands too)."""
-    return load_matrix(getattr(args, "matrix", None) or default_matrix_path())
-
-
-def _console() -> Console:
-    # Piped or logged output has no terminal width; rich would fall back to 80 columns and wrap
-    # every table cell, so give tables room instead (the same choice exec_cli makes).
-    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+def _print_table(table: Table) -> None:
+    log.console(stderr=False).print(table)
 
 
 # ---- targets -------------------------------------------------------------------------------------
 
 
 def cmd_targets(args: argparse.Namespace) -> int:
-    matrix = matrix_from_args(args)
+    matrix = load_matrix(args.matrix)
     if args.why_not:
         return _why_not(matrix, args)
     targets = select_targets(matrix, args.select or "*")
@@ -83,7 +78,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
             table.add_row(*map(escape, (t.id, t.torch.version, t.triton_version, t.python, t.flavor,
                                         ",".join(t.sms or t.gfx), f"{t.bitsandbytes.version} {t.bitsandbytes.mode}",
                                         t.payload_name)))
-        _console().print(table)
+        _print_table(table)
     return 0
 
 
@@ -113,12 +108,12 @@ def _why_not(matrix: Matrix, args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    matrix = matrix_from_args(args)
+    matrix = load_matrix(args.matrix)
     target = resolve_target(matrix, args.target)
     if args.format == "json":
         sys.stdout.write(outputs.dumps(outputs.to_plain(target)))
         return 0
-    _console().print(show_table(target))
+    _print_table(show_table(target))
     return 0
 
 
@@ -161,7 +156,7 @@ def show_table(t: Target) -> Table:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    matrix = matrix_from_args(args)
+    matrix = load_matrix(args.matrix)
     for value, known, what in ((args.arch, matrix.arches, "arch"), (args.toolkit, matrix.toolkits, "toolkit")):
         if value not in known:
             raise UnknownTargetError(f"unknown {what} {value!r}{did_you_mean(value, known)}")
@@ -181,8 +176,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  torch {cand.torch.version}: the newest torch shipping {args.toolkit} that passes every rule")
     else:
         print(f"refused: {args.arch} x {args.toolkit}" + (f" x torch {torch}" if torch else ""))
-        for refusal in choice.refusals:
-            print(f"  {refusal}")
+        for refused in choice.refusals:
+            print(f"  {refused}")
         print(f"rules checked for {label}:")
     for name, doc, refusal in explain_rules(matrix, cand):
         mark = "ok  " if refusal is None else "FAIL"
@@ -214,7 +209,7 @@ def _first_candidate(matrix: Matrix, arch: str, toolkit: str, torch: str | None,
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    matrix = matrix_from_args(args)
+    matrix = load_matrix(args.matrix)
     targets = select_targets(matrix, args.select or "*")
     templates = Path(args.templates) if args.templates else None
     root = Path(args.out) if args.out else render.REPO_ROOT
@@ -240,27 +235,60 @@ def cmd_render(args: argparse.Namespace) -> int:
 # ---- parser and main -----------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `error: …` line and exit 2 (a UsageError), with the near miss
+    for a mistyped command."""
+
+    def error(self, message: str) -> NoReturn:
+        choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            name, value, choices = choice.group(1), choice.group(2), re.findall(r"'([^']*)'", choice.group(3))
+            near = did_you_mean(value, choices) or f" (choose from {', '.join(choices)})"
+            message = f"unknown command {value!r}{near}" if name == "COMMAND" else f"{name}: invalid choice {value!r}{near}"
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def _shared_options() -> dict[str, Parser]:
+    """The options several commands take, each declared once."""
+    def parent() -> Parser:
+        return Parser(add_help=False)
+
+    matrix = parent()
+    # SUPPRESS: `--matrix` works before or after the subcommand (main() fills in the default).
+    matrix.add_argument("--matrix", type=Path, default=argparse.SUPPRESS,
+                        help="matrix file (default: $IMAGEFACTORY_MATRIX, else ./matrix.yaml, else the repository's)")
+    docker = parent()
+    docker.add_argument("--docker", metavar="PATH",
+                        help="docker client (default: $IMAGEFACTORY_DOCKER, else the first BuildKit-capable one on PATH)")
+    release = parent()
+    release.add_argument("--release", help="release in the immutable tag: letters, digits, '.', '_' (default: UTC date YYYYMMDD)")
+    reports = parent()
+    reports.add_argument("--reports-dir", type=Path, default=REPORTS_DIR, metavar="DIR",
+                         help="where build, gate and release reports go: DIR/<target>/ (default: reports)")
+    gpu = parent()
+    gpu.add_argument("--require-gpu", action="store_true", help="fail the gate when no GPU is visible (release pipelines)")
+    return {"matrix": matrix, "docker": docker, "release": release, "reports": reports, "gpu": gpu}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagefactory", description="GPU image factory for LLM fine-tuning.")
-    matrix_opt = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS on the subcommand copy: `--matrix` works before or after the subcommand.
-    matrix_help = "matrix file (default: $IMAGEFACTORY_MATRIX, else ./matrix.yaml, else the repository's)"
-    matrix_opt.add_argument("--matrix", default=argparse.SUPPRESS, help=matrix_help)
-    parser.add_argument("--matrix", default=None, help=matrix_help)
+    shared = _shared_options()
+    matrix, docker, release, reports, gpu = (shared[k] for k in ("matrix", "docker", "release", "reports", "gpu"))
+    parser = Parser(prog="imagefactory", description="GPU image factory for LLM fine-tuning.", parents=[matrix])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("targets", parents=[matrix_opt], help="list targets (table, ids, json, github, bake)")
+    # planning: matrix -> targets -> Dockerfiles
+    p = sub.add_parser("targets", parents=[matrix], help="list targets (table, ids, json, github, bake)")
     p.add_argument("--format", choices=("table", "ids", "json", "github", "bake"), default="table")
     p.add_argument("--select", metavar="GLOB", help="only targets matching the glob, e.g. 'hopper-*', '*-{cu128,cu130}'")
     p.add_argument("--why-not", action="store_true", help="list the arch x toolkit cells the rules refuse, and why")
     p.set_defaults(func=cmd_targets)
 
-    p = sub.add_parser("show", parents=[matrix_opt], help="one target fully resolved, with where each value came from")
+    p = sub.add_parser("show", parents=[matrix], help="one target fully resolved, with where each value came from")
     p.add_argument("target")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("explain", parents=[matrix_opt], help="why a combination is allowed or refused")
+    p = sub.add_parser("explain", parents=[matrix], help="why a combination is allowed or refused")
     p.add_argument("arch")
     p.add_argument("toolkit")
     p.add_argument("torch", nargs="?", help="torch version (2.7 or 2.7.1); default: the newest that works")
@@ -268,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=TRAIN_DTYPES, help="training dtype setting to check")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("render", parents=[matrix_opt],
+    p = sub.add_parser("render", parents=[matrix],
                        help="write dockerfiles/<target>/Dockerfile and the generated facts and schema (only if changed)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 listing every file that differs")
     p.add_argument("--select", metavar="GLOB", help="only these targets (no stale-file pruning)")
@@ -276,42 +304,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="repository root to write dockerfiles/ under (default: this repo)")
     p.set_defaults(func=cmd_render)
 
-    for name in EXTENSION_MODULES:
-        _register_extension(name, sub)
+    # build: Dockerfile -> image -> gate -> local tags
+    p = sub.add_parser("bootstrap", parents=[docker],
+                       help="make the slim flavor's OS base images from Debian's mirror (mmdebstrap + docker import)")
+    p.add_argument("--force", action="store_true", help="remake them even if they exist")
+    p.add_argument("--mirror", help="Debian mirror URL (default: mmdebstrap's, deb.debian.org)")
+    p.set_defaults(func=build_commands.cmd_bootstrap)
+
+    p = sub.add_parser("build", parents=[matrix, docker, release, reports, gpu],
+                       help="build targets (ids or globs), gate them, tag the ones that pass")
+    p.add_argument("patterns", nargs="+", metavar="TARGET", help="target id or glob: hopper-cu130, 'hopper-*', '*'")
+    p.add_argument("--bnb-source", type=Path, metavar="PATH", help="compile bitsandbytes from this local source tree")
+    p.add_argument("--no-gate", action="store_true", help="build only: no gate, no tags (prints the image ID)")
+    p.add_argument("--ca-bundle", type=Path, metavar="FILE",
+                   help="CA bundle for TLS-intercepting proxies, passed as a BuildKit secret "
+                        "(default: the host's when the image lacks its CAs)")
+    p.add_argument("--quiet", action="store_true", help="log BuildKit output to DIR/<target>/build.log only; show progress")
+    p.set_defaults(func=build_commands.cmd_build)
+
+    p = sub.add_parser("gate", parents=[matrix, docker, release, reports, gpu],
+                       help="rerun the gate (probe + smoke in the image) on an existing image; tag it on a pass")
+    p.add_argument("target")
+    p.add_argument("--image", help="image ID or reference (default: the last build of the target, else <repo>:<target>)")
+    p.set_defaults(func=build_commands.cmd_gate)
+
+    # publish: gated image -> registry; docs for the people who pull
+    p = sub.add_parser("push", parents=[matrix, docker, release, reports],
+                       help="push a gated image: immutable tag, then floating tags")
+    p.add_argument("target", help="target id, e.g. hopper-cu130")
+    p.add_argument("--registry", default=os.environ.get("IMAGEFACTORY_REGISTRY"),
+                   help="HOST[:PORT]/NAME, e.g. ghcr.io/org/imagefactory (default: $IMAGEFACTORY_REGISTRY)")
+    p.add_argument("--allow-cpu-gate", action="store_true",
+                   help="also push an image whose gate ran without a GPU (the report label says so)")
+    p.set_defaults(func=publish_commands.cmd_push)
+
+    p = sub.add_parser("docs", parents=[matrix], help="docs/supported-tags.{md,json} and docs/deploy/ from the matrix")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 when a generated file differs")
+    p.add_argument("--repo", default=DOCS_REPO, help=f"repository the docs name (default: {DOCS_REPO})")
+    p.add_argument("--docs-dir", type=Path, default=Path("docs"))
+    p.set_defaults(func=publish_commands.cmd_docs)
+
+    p = sub.add_parser("summary", help="markdown table of reports/*/release.json")
+    p.add_argument("records", nargs="*", help="release.json files")
+    p.set_defaults(func=publish_commands.cmd_summary)
     return parser
-
-
-def _register_extension(name: str, sub: argparse._SubParsersAction) -> None:
-    """Add an execution module's subcommands; only the module's own absence is silently skipped."""
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return
-        raise ImageFactoryError(f"{name}: cannot import: {exc}") from None
-    register = getattr(module, "register", None)
-    if not callable(register):
-        raise ImageFactoryError(f"{name}: has no register(subparsers) function")
-    register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
+        if getattr(args, "matrix", None) is None:
+            args.matrix = default_matrix_path()
         return int(args.func(args) or 0)
     except ImageFactoryError as exc:
         for line in exc.lines():
-            print(f"error: {line}", file=sys.stderr)
+            log.echo(f"error: {line}")
         return exc.exit_code
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        log.echo("error: interrupted")
         return 130
     except BrokenPipeError:  # `… | head`
         return 0
-    except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+    except Exception as exc:  # the promise is one line, never a traceback
         if os.environ.get("IMAGEFACTORY_DEBUG"):
             raise
         print(f"error: internal error: {type(exc).__name__}: {exc} (IMAGEFACTORY_DEBUG=1 shows the traceback)",
               file=sys.stderr)
-        return 70
+        return INTERNAL_ERROR_EXIT

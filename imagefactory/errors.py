@@ -1,7 +1,6 @@
-"""Error classes, one exit code each. `cli.main` prints `error: <line>` per line and returns the code.
-
-Execution modules subclass `ImageFactoryError` (or use the classes below) so that every failure
-reaches the user as one line per problem, never as a traceback.
+"""Every error class of the package, one exit code each (the table is in docs/ARCHITECTURE.md).
+`cli.main` prints `error: <line>` per line and returns the code, so every failure reaches the user as
+one line per problem, never as a traceback.
 """
 
 from __future__ import annotations
@@ -58,8 +57,29 @@ class TemplateError(ImageFactoryError):
     exit_code = 2
 
 
+class BootstrapError(ImageFactoryError):
+    """The slim flavor's OS bases cannot be made (no mmdebstrap, the mirror failed)."""
+
+    exit_code = 2
+
+
+class CommandError(ImageFactoryError):
+    """A command could not start, or exited non-zero where success was required (imagefactory.run);
+    callers turn it into the domain error the user sees."""
+
+
 class DockerUnavailableError(ImageFactoryError):
     exit_code = 4
+
+
+class DockerSetupError(DockerUnavailableError):
+    """No daemon, no BuildKit-capable client, or a daemon too old: nothing can be built."""
+
+    exit_code = 2
+
+
+class DockerCommandError(DockerUnavailableError):
+    """A Docker command failed (not a build or a gate: those have their own errors)."""
 
 
 class BuildFailedError(ImageFactoryError):

@@ -17,11 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from imagefactory.errors import ImageFactoryError
-
-
-class CommandError(ImageFactoryError):
-    """A command could not start, or exited non-zero where success was required."""
+from imagefactory.errors import CommandError
+from imagefactory.log import echo
 
 
 @dataclass(frozen=True)
@@ -38,10 +35,6 @@ class Completed:
 
 def quoted(argv: Sequence[str]) -> str:
     return shlex.join(argv)
-
-
-def echo(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def run(
@@ -74,8 +67,7 @@ def run(
     try:
         if capture:
             done = subprocess.run(
-                argv, env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, timeout=timeout, check=False,
+                argv, env=full_env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
             )
             tail = tuple((done.stderr or "").strip().splitlines()[-20:])
             result = Completed(argv, done.returncode, done.stdout, tail)

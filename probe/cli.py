@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from probe import decide, expect, report
 from probe.results import failed, one_line
@@ -14,7 +15,7 @@ USAGE_ERROR = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(USAGE_ERROR)
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "warm":
             return _warm(_warm_parser().parse_args(argv[1:]))
         if argv and argv[0] == "select":  # which image to pull on this machine (probe/select.py)
-            from probe.select import main as select_main
+            from probe.select import main as select_main  # noqa: PLC0415
 
             return select_main(argv[1:])
         return _report(_report_parser().parse_args(argv))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from probe.results import Check, Detection, failed, passed, skipped
 
@@ -17,7 +18,7 @@ class UsageError(ValueError):
     """Bad command-line input: exit code 2."""
 
 
-def parse(pairs: list[str], environ: dict[str, str] | None = None) -> dict[str, str]:
+def parse(pairs: list[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment first, then the command line (which wins)."""
     environ = os.environ if environ is None else environ
     expected = {}
@@ -58,11 +59,11 @@ def check(expected: dict[str, str], det: Detection) -> list[Check]:
             out.append(_dtype(name, declared, det))
         elif key == "gfx":
             wanted = {g.strip() for g in declared.split(",") if g.strip()}
-            found = [g.gfx for g in det.gpus if g.gfx]
-            if not found:
+            gfx = [g.gfx for g in det.gpus if g.gfx]
+            if not gfx:
                 out.append(skipped(name, f"no AMD GPU to compare with declared gfx {declared}", declared=declared))
                 continue
-            out.append(_compare(name, declared, ",".join(found), all(g in wanted for g in found), "GPU gfx arch"))
+            out.append(_compare(name, declared, ",".join(gfx), all(g in wanted for g in gfx), "GPU gfx arch"))
         elif key == "rocm":
             found = det.torch.hip if det.torch else None
             out.append(_compare(name, declared, found, _version_matches(declared, found), "torch's ROCm (HIP) build"))

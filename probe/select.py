@@ -2,7 +2,8 @@
 
 Standard library only: this runs on a freshly rented pod before any image is pulled
 (copy probe/ over, or `pip install` the repository, then `python3 -m probe select`; `python3 -I probe/select.py`
-works too: -I keeps this file from shadowing the standard library's `select`). It reads the tag grammar from probe/tags.py and matrix facts from probe/matrix_facts.json.
+works too: -I keeps this file from shadowing the standard library's `select`). It reads the tag grammar
+from probe/tags.py and matrix facts from probe/matrix_facts.json.
 
 Inputs: the GPU's compute capability and the driver version (from nvidia-smi, or given as
 `--gpu-sm 9.0 --driver 570.86`), and the candidate images: the registry's tag list
@@ -28,6 +29,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 if __package__:
     from probe import tags as grammar
@@ -73,7 +75,7 @@ class SelectError(Exception):
 class _Parser(argparse.ArgumentParser):
     """argparse's usage errors in one line, exit 2 (like probe/cli.py's; this file must also run alone)."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -185,7 +187,7 @@ def _pick(entry: dict, *paths: str):
     """First present value among dotted paths (`toolkit.version`), so both the supported-tags JSON
     and `imagefactory targets --format json` are read."""
     for path in paths:
-        value = entry
+        value: Any = entry
         for key in path.split("."):
             value = value.get(key) if isinstance(value, dict) else None
         if value not in (None, "", []):

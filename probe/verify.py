@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from probe.results import Check, Detection, failed, one_line, passed, skipped, warned
 
@@ -359,7 +360,7 @@ def _against(name: str, what: str, value: float, unit: str, peak: float | None, 
 
 
 def run_all(det: Detection, expected: dict[str, str], require_gpu: bool) -> list[Check]:
-    steps = [partial(gpu_visible, det, require_gpu), partial(driver_new_enough, det), partial(sm_covered, det),
+    steps: list[partial[Any]] = [partial(gpu_visible, det, require_gpu), partial(driver_new_enough, det), partial(sm_covered, det),
              partial(bitsandbytes_loads, det, expected)]
     if det.torch is not None:  # everything after these needs torch; without it gpu.visible fails with the reason
         # the warm-cache check must see the first launch of the project kernels in this process: before triton.kernel

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 
@@ -16,12 +15,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get("IMAGEFACTORY_BNB_SOURCE"),
         help="local bitsandbytes source tree: enables the opt-in compile-from-source image test",
     )
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (property tests, hadolint); make test and CI pass it")
+    parser.addoption("--target", default="hopper-cu130",
+                     help="image suite (tests/build/test_build_image.py): the target whose image it inspects")
+    parser.addoption("--image", default=None,
+                     help="image suite: inspect this image (ID or reference) instead of building --target through the CLI")
 
 
 def _has_gpu() -> bool:
     try:
-        import torch  # noqa: PLC0415
-    except Exception:
+        import torch
+    except Exception:  # noqa: BLE001 - a broken torch install counts as no GPU
         return False
     return bool(torch.cuda.is_available())
 
@@ -41,12 +46,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     needs_docker = any("docker" in item.keywords for item in items)
     gpu = _has_gpu() if needs_gpu else False
     docker = _has_docker() if needs_docker else False
-    # `slow` tests (heavy hypothesis counts) run only when asked for: `-m slow` or IMAGEFACTORY_SLOW=1
-    asked = re.search(r"(?<!not )\bslow\b", config.getoption("markexpr") or "")
-    slow = bool(asked) or bool(os.environ.get("IMAGEFACTORY_SLOW"))
+    slow = config.getoption("--slow")
     for item in items:
         if "slow" in item.keywords and not slow:
-            item.add_marker(pytest.mark.skip(reason="slow: run with -m slow or IMAGEFACTORY_SLOW=1"))
+            item.add_marker(pytest.mark.skip(reason="slow: run with --slow (make test and CI do)"))
         if "gpu" in item.keywords and not gpu:
             item.add_marker(pytest.mark.skip(reason="no CUDA GPU visible to torch"))
         if "docker" in item.keywords and not docker:

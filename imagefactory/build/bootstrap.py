@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagefactory import log
 from imagefactory.build.docker import DockerClient, image_exists, import_rootfs
-from imagefactory.errors import ImageFactoryError
-from imagefactory.run import CommandError, echo, run
+from imagefactory.errors import BootstrapError, CommandError
+from imagefactory.run import run
 
 SUITE = "bookworm"  # Debian 12: python3 is 3.11, the slim flavor's declared python
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -28,10 +28,6 @@ DPKG_EXCLUDES = (
     "path-exclude=/usr/share/info/*",
     "path-exclude=/usr/share/locale/*",
 )
-
-
-class BootstrapError(ImageFactoryError):
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -77,14 +73,13 @@ def bootstrap(client: DockerClient, refs: tuple[str, ...] | None = None, *, forc
     made = []
     with tempfile.TemporaryDirectory(prefix="imagefactory-base-") as tmp:
         for spec in wanted:
-            start = time.monotonic()
-            tarball = Path(tmp) / "rootfs.tar"
-            try:
-                run(mmdebstrap_argv(spec, tarball, mirror), show=False, log=Path(tmp) / "mmdebstrap.log")
-            except CommandError as error:
-                raise BootstrapError(f"bootstrapping {spec.ref} from Debian's mirror failed: {error.message}") from None
-            import_rootfs(client, tarball, spec.ref, (f"ENV {PATH_ENV}", 'CMD ["/bin/bash"]'))
-            tarball.unlink()
-            echo(f"bootstrapped {spec.ref} ({spec.purpose}) in {time.monotonic() - start:.0f} s")
+            with log.step(f"bootstrap {spec.ref} ({spec.purpose})"):
+                tarball = Path(tmp) / "rootfs.tar"
+                try:
+                    run(mmdebstrap_argv(spec, tarball, mirror), show=False, log=Path(tmp) / "mmdebstrap.log")
+                except CommandError as error:
+                    raise BootstrapError(f"bootstrapping {spec.ref} from Debian's mirror failed: {error.message}") from None
+                import_rootfs(client, tarball, spec.ref, (f"ENV {PATH_ENV}", 'CMD ["/bin/bash"]'))
+                tarball.unlink()
             made.append(spec.ref)
     return made

@@ -1,4 +1,6 @@
-"""Docker, through one client: detection of a BuildKit-capable client, build, run, tag, inspect, import.
+"""Docker, through one client: detection of a BuildKit-capable client, build, run, tag, inspect, import,
+and what publishing needs (label a gated image, push with progress, pull, read a file out of an image).
+The only module that knows Docker's command lines; every command goes through imagefactory.run.
 
 Builds need BuildKit (cache and secret mounts). `docker buildx build` is used where buildx exists,
 else the classic client with DOCKER_BUILDKIT=1 where that client accepts it (Debian's docker.io 20.10
@@ -10,15 +12,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from imagefactory.errors import DockerUnavailableError
-from imagefactory.run import CommandError, Completed, run
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from imagefactory import log
+from imagefactory.errors import CommandError, DockerCommandError, DockerSetupError
+from imagefactory.run import Completed, run
 
 BuildMode = Literal["buildx", "classic"]
 
@@ -27,16 +34,6 @@ BuildMode = Literal["buildx", "classic"]
 MIN_SERVER = (19, 3)
 DOCKER_ENV = "IMAGEFACTORY_DOCKER"
 INSTALL_HINT = "install Debian's docker.io (apt-get install docker.io) or Docker with the buildx plugin"
-
-
-class DockerSetupError(DockerUnavailableError):
-    """No daemon, no BuildKit-capable client, or a daemon too old: nothing can be built (exit 2)."""
-
-    exit_code = 2
-
-
-class DockerCommandError(DockerUnavailableError):
-    """A Docker command failed (not a build or a gate: those have their own errors)."""
 
 
 @dataclass(frozen=True)
@@ -240,3 +237,101 @@ def gpu_run_args(vendor: str) -> tuple[str, ...]:
     if vendor == "amd":
         return ("--device", "/dev/kfd", "--device", "/dev/dri", "--group-add", "video")
     return ("--gpus", "all")
+
+
+# ---- publishing: label, push, pull, read --------------------------------------------------------
+
+PUSH_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64})")
+LAYER_STATE = re.compile(r"^([0-9a-f]{12}): (.+)$")
+LAYER_DONE = ("Pushed", "Layer already exists", "Mounted from")
+
+
+class PushLayers:
+    """Per-layer state from `docker push` output lines (docker prints state changes when not on a TTY)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}
+        self.digest: str | None = None
+
+    def feed(self, line: str) -> bool:
+        """Take one output line; True when it changed what the progress line shows."""
+        found = PUSH_DIGEST.search(line)
+        if found:
+            self.digest = found.group(1)
+            return True
+        state = LAYER_STATE.match(line.strip())
+        if state is None:
+            return False
+        self.states[state.group(1)] = state.group(2)
+        return True
+
+    @property
+    def done(self) -> int:
+        return sum(state.startswith(LAYER_DONE) for state in self.states.values())
+
+    def describe(self, ref: str) -> str:
+        return f"pushing {ref}: {self.done}/{len(self.states)} layers"
+
+
+def label_child(client: DockerClient, parent_id: str, labels: Mapping[str, str], ref: str) -> str:
+    """`FROM <parent>` plus labels, tagged `ref`; returns its image ID. The classic builder resolves a
+    local image ID offline and adds no layer."""
+    with tempfile.TemporaryDirectory(prefix="imagefactory-label-") as context:
+        (Path(context) / "Dockerfile").write_text(f"FROM {parent_id}\n")
+        label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
+        try:
+            # DOCKER_BUILDKIT=0: the classic builder takes `FROM <image id>` from the local store;
+            # BuildKit would try to resolve it as a registry name.
+            done = run(client.argv("build", "-q", "--network", "none", *label_args, "-t", ref, context),
+                       env={"DOCKER_BUILDKIT": "0"}, capture=True)
+        except CommandError as error:
+            raise DockerCommandError(f"labelling {parent_id[:19]} as {ref} failed: {error.message}") from None
+    return done.stdout.strip().splitlines()[-1]
+
+
+def push(client: DockerClient, ref: str) -> str:
+    """Push with a live progress line (layers done / total, elapsed; docker's own lines in logs);
+    return the digest docker reports."""
+    layers = PushLayers()
+    console = log.console()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task(layers.describe(ref), total=None)
+
+        def watch(line: str) -> None:
+            if layers.feed(line):
+                progress.update(task, description=layers.describe(ref))
+            if not console.is_terminal:
+                log.echo(line)
+
+        try:
+            run(client.argv("push", ref), on_line=watch, show=False)
+        except CommandError as error:
+            raise DockerCommandError(
+                f"push of {ref} failed after {layers.done}/{len(layers.states)} layers: {error.message}") from None
+    if layers.digest is None:
+        raise DockerCommandError(f"push of {ref}: docker reported no digest")
+    log.echo(f"pushed {ref}: {len(layers.states)} layers, {layers.digest}")
+    return layers.digest
+
+
+def pull(client: DockerClient, ref: str) -> None:
+    try:
+        run(client.argv("pull", ref))
+    except CommandError as error:
+        raise DockerCommandError(f"docker pull {ref} failed: {error.message}") from None
+
+
+def read_file(client: DockerClient, image: str, path: str) -> bytes | None:
+    """One file out of an image without running it (create, cp, rm); None when it is not there."""
+    created = run(client.argv("create", image, "/none"), capture=True, check=False)
+    if not created.ok:
+        raise DockerCommandError(
+            f"docker create {image[:19]} failed: {created.tail[-1] if created.tail else created.returncode}")
+    container = created.stdout.strip()
+    try:
+        with tempfile.TemporaryDirectory(prefix="imagefactory-read-") as out:
+            copied = run(client.argv("cp", f"{container}:{path}", f"{out}/file"), capture=True, check=False)
+            return (Path(out) / "file").read_bytes() if copied.ok and (Path(out) / "file").is_file() else None
+    finally:
+        run(client.argv("rm", container), capture=True, check=False)

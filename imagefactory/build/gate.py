@@ -1,10 +1,10 @@
 """The gate: a candidate image (by ID) proves itself with its own probe and smoke suite, then is tagged.
 
 Both steps run inside the image with `--network none`, and with the host's GPUs of the target's vendor
-when it has any (`--gpus all` for NVIDIA, ROCm's device nodes for AMD). Only when both pass is the image tagged `<repo>:<target>`, `<repo>:<target>-latest` and the
-immutable tag. A failed gate leaves no such tag on the image (also none that an earlier pass gave it),
-prints the failing checks and keeps the report in reports/<target>/ (gate.json, probe.json,
-smoke.json) — the file the release step reads.
+when it has any (`--gpus all` for NVIDIA, ROCm's device nodes for AMD). Only when both pass is the
+image tagged `<repo>:<target>`, `<repo>:<target>-latest` and the immutable tag. A failed gate leaves
+no such tag on the image (also none that an earlier pass gave it), prints the failing checks and keeps
+the report in reports/<target>/ (gate.json, probe.json, smoke.json) — the file the release step reads.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any, Literal
 
 from imagefactory.build.docker import DockerClient, DockerCommandError, gpu_run_args, host_has_gpus, image_exists, image_inspect, run_container, tag, untag
 from imagefactory.errors import GateFailedError
-from imagefactory.plan.model import Target, release_tags
-from imagefactory.run import CommandError, echo
-from probe.tags import immutable_prefix
+from imagefactory.log import echo
+from imagefactory.plan.model import Target
+from imagefactory.run import CommandError
+from imagefactory.tags import gate_refs, is_gate_ref
 
 REPORTS_DIR = Path("reports")
 STEP_TIMEOUT_S = 3600  # the CPU smoke run is the slow one; a hung container must not hang CI
@@ -69,9 +70,8 @@ class GateResult:
 
 def gate_tags(target: Target, release: str) -> tuple[str, ...]:
     """Full references this target's image gets on a pass: floating ones, then the immutable one
-    (the names push publishes)."""
-    tags = release_tags(target, release)
-    return tuple(f"{target.image_repo}:{tag}" for tag in (*tags.floating, tags.immutable))
+    (the names push publishes; imagefactory.tags builds them)."""
+    return gate_refs(target, release)
 
 
 def failing_checks(report: Any) -> list[str]:
@@ -163,9 +163,7 @@ def gate_image(
 
 def earlier_tags(target: Target, repo_tags: list[str]) -> list[str]:
     """Which of an image's names are this target's gate tags (floating, or immutable of any release)."""
-    floating = {f"{target.image_repo}:{tag}" for tag in target.tags}
-    prefix = f"{target.image_repo}:{immutable_prefix(target.id, target.torch.version)}"
-    return [ref for ref in repo_tags if ref in floating or ref.startswith(prefix)]
+    return [ref for ref in repo_tags if is_gate_ref(target, ref)]
 
 
 def remove_earlier_tags(client: DockerClient, target: Target, failed: GateResult) -> None:

@@ -18,17 +18,18 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from imagefactory import log
 from imagefactory.build import bootstrap as _bootstrap
 from imagefactory.build.docker import DockerClient, build, image_exists, image_size
-from imagefactory.errors import BuildFailedError, ImageFactoryError
 from imagefactory.build.gate import REPORTS_DIR, GateResult, gate_image
+from imagefactory.errors import BuildFailedError, ImageFactoryError
+from imagefactory.log import echo
 from imagefactory.plan.model import Target
 from imagefactory.plan.render import REPO_ROOT, render_target
-from imagefactory.run import echo, run
+from imagefactory.run import run
 
 BnbSource = Literal["git", "local", "wheel"]
 
@@ -200,10 +201,11 @@ def build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line:
     result = BuildResult(target.id, ok=False, stage="base", duration_s=0.0)
     out_dir = opts.reports_dir / target.id
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = out_dir / "build.log"
-    log.write_text("")
+    log_file = out_dir / "build.log"
+    log_file.write_text("")
     try:
-        ensure_bases(client, target)
+        with log.step(f"{target.id}: base images"):
+            ensure_bases(client, target)
         result = replace(result, stage="render")
         work = opts.root / BUILD_DIR / target.id
         work.mkdir(parents=True, exist_ok=True)
@@ -217,23 +219,26 @@ def build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line:
         result = replace(result, stage="build", bnb_source=choice.source)
         iidfile = work / "iid"
         iidfile.unlink(missing_ok=True)
-        done = build(
-            client, context=opts.root, dockerfile=dockerfile, iidfile=iidfile,
-            build_args=build_args(target, choice, source_revision(opts.root), utc_now()),
-            secrets={"ca": ca_bundle} if ca_bundle else {}, log=log, show=opts.show_output, on_line=on_line,
-        )
+        with log.step(f"{target.id}: docker build"):
+            done = build(
+                client, context=opts.root, dockerfile=dockerfile, iidfile=iidfile,
+                build_args=build_args(target, choice, source_revision(opts.root), utc_now()),
+                secrets={"ca": ca_bundle} if ca_bundle else {}, log=log_file, show=opts.show_output, on_line=on_line,
+            )
         if not done.ok or not iidfile.exists():
             error = _build_error(done.tail)
             unpullable = [ref for ref in (target.base.build, target.base.runtime) if not image_exists(client, ref)]
             if unpullable and any(sign in error for sign in PULL_FAILURES):
                 raise BuildFailedError(f"{target.id}: base image {unpullable[0]} is not here and cannot be pulled "
-                                       f"(no registry reachable): build this target where one is (log: {log})")
-            raise BuildFailedError(f"{target.id}: docker build failed: {error} (log: {log})")
+                                       f"(no registry reachable): build this target where one is (log: {log_file})")
+            raise BuildFailedError(f"{target.id}: docker build failed: {error} (log: {log_file})")
         image_id = iidfile.read_text().strip()
         result = replace(result, stage="gate" if opts.gate else "done", image_id=image_id, size_bytes=image_size(client, image_id))
         _finish(out_dir, result, start)  # the image ID is on record before the gate runs
         if opts.gate:
-            gated = gate_image(client, target, image_id, release=opts.release, require_gpu=opts.require_gpu, reports_dir=opts.reports_dir)
+            with log.step(f"{target.id}: gate (probe + smoke in the image)"):
+                gated = gate_image(client, target, image_id, release=opts.release, require_gpu=opts.require_gpu,
+                                   reports_dir=opts.reports_dir)
             if not gated.passed:
                 return _finish(out_dir, replace(result, reason=_gate_reason(gated)), start)
             result = replace(result, stage="done", tags=gated.tags)
@@ -296,23 +301,24 @@ def summary_table(results: Sequence[BuildResult]) -> Table:
     return table
 
 
-def build_many(client: DockerClient, targets: Sequence[Target], opts: BuildOptions, console: Console | None = None) -> list[BuildResult]:
+def build_many(client: DockerClient, targets: Sequence[Target], opts: BuildOptions) -> list[BuildResult]:
     """Build (and gate) each target in turn, past failures; print a summary table at the end."""
-    console = console or Console(stderr=True, highlight=False)
+    console = log.console()
     results: list[BuildResult] = []
     for index, target in enumerate(targets, 1):
         header = f"[{index}/{len(targets)}] {target.id}"
-        console.rule(header)
-        if opts.show_output:
-            result = build_one(client, target, opts)
-        else:
-            with console.status(f"{header}: starting") as status:
-                def step(line: str, status=status, header=header) -> None:
-                    if line.startswith("#") and "[" in line and "]" in line:
-                        status.update(escape(f"{header}: {line.split(']', 1)[0].split('[', 1)[1]}{line.split(']', 1)[1][:60]}"))
-                result = build_one(client, target, opts, on_line=step)
+        with log.step(header):
+            if opts.show_output or not console.is_terminal:
+                result = build_one(client, target, opts)
+            else:
+                with console.status(escape(f"{header}: starting")) as status:
+                    def show_progress(line: str, status=status, header=header) -> None:
+                        if line.startswith("#") and "[" in line and "]" in line:
+                            step = line.split("]", 1)[0].split("[", 1)[1] + line.split("]", 1)[1][:60]
+                            status.update(escape(f"{header}: {step}"))
+                    result = build_one(client, target, opts, on_line=show_progress)
         results.append(result)
         verdict = "[green]passed[/]" if result.ok else f"[red]failed[/]: {escape(result.reason)}"
-        console.print(f"{header}: {verdict} in {result.duration_s:.0f} s")
+        console.print(f"{escape(header)}: {verdict} in {result.duration_s:.0f} s")
     console.print(summary_table(results))
     return results

@@ -74,7 +74,7 @@ class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, capped: nesting deeper than MAX_DEPTH is an error while composing, and
     timestamps are not resolved (`foo: 2001-13-45` is a string, not a crash)."""
 
-    yaml_implicit_resolvers = {  # noqa: RUF012 - PyYAML's own class attribute, replaced whole
+    yaml_implicit_resolvers = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }

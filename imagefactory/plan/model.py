@@ -15,7 +15,6 @@ from typing import Literal
 
 from packaging.version import Version
 
-from imagefactory.errors import UsageError
 from probe import tags  # the tag grammar (ids, tags, flavors, dtypes): the probe parses tags with it
 
 Vendor = Literal["nvidia", "amd"]
@@ -233,22 +232,6 @@ class Target:
     @property
     def dockerfile(self) -> str:
         return f"dockerfiles/{self.id}/Dockerfile"
-
-
-@dataclass(frozen=True)
-class ReleaseTags:
-    immutable: str
-    floating: tuple[str, ...]
-
-
-def release_tags(target: Target, release: str) -> ReleaseTags:
-    """hopper-cu130 at `20261127` → immutable `hopper-cu130-torch2.14.1-20261127`, floating `hopper-cu130`,
-    `hopper-cu130-latest` (Target.tags). The gate tags locally with these names and push publishes them;
-    `probe select` parses them with the same grammar (probe/tags.py). A bad release is a usage error."""
-    problem = tags.release_problem(release)
-    if problem:
-        raise UsageError(problem)
-    return ReleaseTags(immutable_tag(target, release), tuple(target.tags))
 
 
 def immutable_tag(target: Target, release: str) -> str:

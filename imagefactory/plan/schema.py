@@ -6,7 +6,8 @@ and other tools (`render --check` fails when that file drifts). What JSON Schema
 references, rules, "did you mean") is the loader's alone.
 
 Patterns match a whole value: the loader uses `re.fullmatch`, the JSON file anchors them with `^(?:…)(?![\s\S])`
-(`$` would let a trailing newline pass in Python's `re`, which the jsonschema package uses). Every value that reaches a Dockerfile or a shell has a strict pattern.
+(`$` would let a trailing newline pass in Python's `re`, which the jsonschema package uses). Every value
+that reaches a Dockerfile or a shell has a strict pattern.
 To add a section: declare its shape here, add it to ROOT, then read it in matrix.py.
 """
 

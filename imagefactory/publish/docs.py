@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagefactory.errors import ImageFactoryError
 from imagefactory.plan.model import Target, immutable_tag
-from imagefactory.publish.errors import ReleaseError
 
 # The repository the docs name; the release workflow publishes to ghcr.io/<owner>/imagefactory.
 # Regenerate with --repo for another registry.
@@ -247,7 +247,7 @@ def write(files: Mapping[Path, str], docs_dir: Path = Path("docs")) -> list[Path
             temporary.write_text(text)
             temporary.replace(path)
         except OSError as error:
-            raise ReleaseError(f"{path}: cannot write ({error.strerror})") from None
+            raise ImageFactoryError(f"{path}: cannot write ({error.strerror})") from None
         changed.append(path)
     for path in _stale(files, docs_dir):
         path.unlink()

@@ -18,16 +18,17 @@ How an image earns a push (docs/release.md tells the story):
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
-from imagefactory.plan.model import ReleaseTags, Target, release_tags
-from imagefactory.publish.errors import ReleaseError
+from imagefactory.build import docker
+from imagefactory.build.gate import REPORTS_DIR
+from imagefactory.errors import PushFailedError
 from imagefactory.publish.registry import Registry, RepoRef
+from imagefactory.tags import ReleaseTags
 
 GATE_LABEL = "io.imagefactory.build.gate"
 GATE_IMAGE_LABEL = "io.imagefactory.gate.image"
@@ -35,12 +36,7 @@ GATE_REPORT_LABEL = "io.imagefactory.gate.report"
 SBOM_LABEL = "io.imagefactory.sbom"
 SBOM_PATH = "/opt/imagefactory/sbom.cdx.json"
 
-REPORTS_DIR = Path("reports")
-
-
-def default_release(now: _dt.datetime | None = None) -> str:
-    """Release version when none is given: the UTC date, `20261127`."""
-    return (now or _dt.datetime.now(_dt.timezone.utc)).strftime("%Y%m%d")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,11 +54,11 @@ class GateReport:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ReleaseError(f"{path}: no gate report; gate the image first (nox -s gate-<target>)") from None
+            raise PushFailedError(f"{path}: no gate report; gate the image first (nox -s gate-<target>)") from None
         except (OSError, ValueError) as error:
-            raise ReleaseError(f"{path}: unreadable gate report ({error})") from None
+            raise PushFailedError(f"{path}: unreadable gate report ({error})") from None
         if not isinstance(data, dict) or not data.get("image_id") or not data.get("target"):
-            raise ReleaseError(f"{path}: gate report lacks 'target' or 'image_id'")
+            raise PushFailedError(f"{path}: gate report lacks 'target' or 'image_id'")
         result = data.get("result", data.get("passed"))
         return cls(
             target_id=str(data["target"]),
@@ -82,6 +78,37 @@ class DockerOps(Protocol):
     def push(self, ref: str) -> str: ...  # returns the pushed manifest digest
     def pull(self, ref: str) -> None: ...
     def read_file(self, image: str, path: str) -> bytes | None: ...  # None: no such file in the image
+
+
+class LocalDocker:
+    """DockerOps over the one Docker adapter (imagefactory.build.docker); its failures are push failures."""
+
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        self.client = client or docker.detect()
+
+    def image_labels(self, ref: str) -> dict[str, str] | None:
+        return docker.image_labels(self.client, ref)
+
+    def label_child(self, parent_id: str, labels: dict[str, str], tag: str) -> str:
+        return self._push_step(docker.label_child, parent_id, labels, tag)
+
+    def tag(self, source: str, target: str) -> None:
+        self._push_step(docker.tag, source, target)
+
+    def push(self, ref: str) -> str:
+        return self._push_step(docker.push, ref)
+
+    def pull(self, ref: str) -> None:
+        self._push_step(docker.pull, ref)
+
+    def read_file(self, image: str, path: str) -> bytes | None:
+        return self._push_step(docker.read_file, image, path)
+
+    def _push_step(self, operation: Callable[..., T], *args: Any) -> T:
+        try:
+            return operation(self.client, *args)
+        except docker.DockerCommandError as error:
+            raise PushFailedError(error.message) from None
 
 
 def is_cyclonedx(data: bytes | None) -> bool:
@@ -123,27 +150,27 @@ def publish(
 ) -> PushResult:
     """Push one gated image: immutable tag first (never overwritten), then the floating tags."""
     if report.target_id != target_id:
-        raise ReleaseError(f"gate report is for {report.target_id}, not {target_id}")
+        raise PushFailedError(f"gate report is for {report.target_id}, not {target_id}")
     if not report.passed:
-        raise ReleaseError(f"{target_id}: the gate did not pass for image {report.image_id[:19]}; refusing to push")
+        raise PushFailedError(f"{target_id}: the gate did not pass for image {report.image_id[:19]}; refusing to push")
     if report.mode != "gpu" and not allow_cpu_gate:
-        raise ReleaseError(
+        raise PushFailedError(
             f"{target_id}: image {report.image_id[:19]} was gated in {report.mode} mode only; gate it on a GPU "
             "(gate --require-gpu) or pass --allow-cpu-gate"
         )
     labels = docker.image_labels(report.image_id)
     if labels is None:
-        raise ReleaseError(f"{target_id}: gated image {report.image_id[:19]} is not in the local Docker store (rebuilt or pruned?)")
+        raise PushFailedError(f"{target_id}: gated image {report.image_id[:19]} is not in the local Docker store (rebuilt or pruned?)")
     if SBOM_LABEL not in labels:
-        raise ReleaseError(f"{target_id}: image {report.image_id[:19]} has no {SBOM_LABEL} label (no SBOM); rebuild it")
+        raise PushFailedError(f"{target_id}: image {report.image_id[:19]} has no {SBOM_LABEL} label (no SBOM); rebuild it")
     if not is_cyclonedx(docker.read_file(report.image_id, labels[SBOM_LABEL])):
-        raise ReleaseError(f"{target_id}: image {report.image_id[:19]} has no CycloneDX JSON at {labels[SBOM_LABEL]} (its {SBOM_LABEL} label)")
+        raise PushFailedError(f"{target_id}: image {report.image_id[:19]} has no CycloneDX JSON at {labels[SBOM_LABEL]} (its {SBOM_LABEL} label)")
 
     immutable_ref = f"{repo}:{tags.immutable}"
     remote = registry.image(tags.immutable)
     if remote is not None:
         if remote.labels.get(GATE_IMAGE_LABEL) != report.image_id:
-            raise ReleaseError(
+            raise PushFailedError(
                 f"{immutable_ref} already exists with different content (gated image "
                 f"{remote.labels.get(GATE_IMAGE_LABEL, 'unknown')[:19]}, this is {report.image_id[:19]}); "
                 "immutable tags are never overwritten: publish under a new --release"
@@ -158,7 +185,7 @@ def publish(
         digest = docker.push(immutable_ref)
         landed = registry.image(tags.immutable)
         if landed is None or landed.digest != digest:
-            raise ReleaseError(
+            raise PushFailedError(
                 f"{immutable_ref}: registry reports {landed.digest if landed else 'no manifest'} after pushing {digest} "
                 "(a concurrent push?); floating tags left unchanged"
             )
@@ -178,7 +205,7 @@ def publish(
         say(f"moving {ref} → {digest}")
         moved = docker.push(ref)
         if moved != digest:
-            raise ReleaseError(f"{ref}: pushed {moved}, expected {digest}; check the registry by hand")
+            raise PushFailedError(f"{ref}: pushed {moved}, expected {digest}; check the registry by hand")
     return PushResult(str(repo), tags.immutable, digest, tags.floating, already_there=remote is not None)
 
 
@@ -196,7 +223,8 @@ def summary_markdown(records: Sequence[dict[str, object]]) -> str:
     """The table the release workflow writes to $GITHUB_STEP_SUMMARY."""
     lines = ["## Published images", "", "| immutable tag | floating tags | digest |", "|---|---|---|"]
     for record in records:
-        floating = ", ".join(f"`{ref}`" for ref in record.get("floating", []))  # type: ignore[union-attr]
+        refs = record.get("floating")
+        floating = ", ".join(f"`{ref}`" for ref in refs) if isinstance(refs, list) else ""
         lines.append(f"| `{record['immutable']}` | {floating} | `{record['digest']}` |")
     if not records:
         lines.append("| (nothing published) | | |")

@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from imagefactory.publish.errors import ReleaseError
+from imagefactory.errors import PushFailedError
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -37,9 +37,9 @@ class RepoRef:
     def parse(cls, text: str) -> RepoRef:
         host, _, name = text.strip().rstrip("/").partition("/")
         if not name or ("." not in host and ":" not in host and host != "localhost"):
-            raise ReleaseError(f"--registry {text!r}: want host[:port]/name, e.g. 127.0.0.1:5000/imagefactory or ghcr.io/org/images")
+            raise PushFailedError(f"--registry {text!r}: want host[:port]/name, e.g. 127.0.0.1:5000/imagefactory or ghcr.io/org/images")
         if not re.fullmatch(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*", name):
-            raise ReleaseError(f"--registry {text!r}: repository name {name!r} is not a valid OCI name")
+            raise PushFailedError(f"--registry {text!r}: repository name {name!r} is not a valid OCI name")
         return cls(host, name)
 
     def __str__(self) -> str:
@@ -66,7 +66,7 @@ class Registry:
         self._auth: dict[str, str] = {}
 
     def _get(self, path: str, accept: tuple[str, ...] = ()) -> tuple[bytes, dict[str, str]] | None:
-        """GET below /v2/<name>/; None on 404; ReleaseError on anything else that is not 200."""
+        """GET below /v2/<name>/; None on 404; PushFailedError on anything else that is not 200."""
         url = f"{self.repo.base_url}/{path}"
         for _attempt in range(2):
             headers = {**self._auth, **({"Accept": ", ".join(accept)} if accept else {})}
@@ -80,10 +80,10 @@ class Registry:
                 if error.code == 401 and not self._auth and challenge.startswith("Bearer "):
                     self._auth = self._anonymous_token(challenge)
                     continue
-                raise ReleaseError(f"registry {self.repo}: GET {path} → HTTP {error.code}") from None
+                raise PushFailedError(f"registry {self.repo}: GET {path} → HTTP {error.code}") from None
             except (urllib.error.URLError, OSError) as error:
-                raise ReleaseError(f"registry {self.repo}: cannot reach {self.repo.host} ({getattr(error, 'reason', error)})") from None
-        raise ReleaseError(f"registry {self.repo}: not authorised to read {path}")
+                raise PushFailedError(f"registry {self.repo}: cannot reach {self.repo.host} ({getattr(error, 'reason', error)})") from None
+        raise PushFailedError(f"registry {self.repo}: not authorised to read {path}")
 
     def _anonymous_token(self, challenge: str) -> dict[str, str]:
         fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
@@ -92,7 +92,7 @@ class Registry:
             with urllib.request.urlopen(f"{fields['realm']}?{query}", timeout=self.timeout) as response:
                 token = json.load(response)
         except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
-            raise ReleaseError(f"registry {self.repo}: anonymous token refused ({error})") from None
+            raise PushFailedError(f"registry {self.repo}: anonymous token refused ({error})") from None
         return {"Authorization": f"Bearer {token.get('token') or token.get('access_token')}"}
 
     def tags(self) -> list[str]:

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 from imagefactory.build.bootstrap import BASES, bootstrap
-from imagefactory.build.images import BuildOptions, build_one
 from imagefactory.build.docker import detect, image_inspect
-from imagefactory.plan.expand import resolve_target
 from imagefactory.build.gate import gate_image
+from imagefactory.build.images import BuildOptions, build_one
+from imagefactory.plan.expand import resolve_target
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.render import REPO_ROOT
 

@@ -85,6 +85,7 @@ def test_hopper_warms_sm90_and_points_triton_at_the_cache(rendered):
     assert "FROM imagefactory/base:bookworm AS runtime" in text
 
 
+@pytest.mark.slow  # nox -s lint runs hadolint too
 def test_hadolint_passes_on_every_rendered_dockerfile(rendered, tmp_path):
     hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
     if hadolint is None:

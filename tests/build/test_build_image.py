@@ -1,9 +1,15 @@
-"""The built hopper-cu130 image, inspected from outside (needs Docker; builds once per session).
+"""A built image, inspected from outside (needs Docker): any target, any image.
 
-The session fixture builds through the real CLI (`python -m imagefactory build hopper-cu130`), so the
-gate runs too. With `--bnb-source PATH` (or IMAGEFACTORY_BNB_SOURCE) bitsandbytes is compiled from
-that local tree and the SASS test insists on sm_90 only; without it the wheel path (CI: no GitHub)
-or the upstream tag is used, as the build log says.
+    pytest tests/build/test_build_image.py                                  # builds hopper-cu130 through the CLI
+    pytest tests/build/test_build_image.py --target ampere-cu128            # builds that target
+    pytest tests/build/test_build_image.py --target T --image ID_OR_REF     # inspects an image built already
+
+The matrix is the CLI's ($IMAGEFACTORY_MATRIX, else ./matrix.yaml). Without `--image` the session
+fixture builds through the real CLI (`python -m imagefactory build T`), so the gate runs too. Everything
+the tests expect (SMs, CUDA, torch, Python, the bitsandbytes library) comes from the target in matrix.yaml,
+never from the image. With `--bnb-source PATH` (or IMAGEFACTORY_BNB_SOURCE)
+bitsandbytes is compiled from that local tree and the SASS test insists on exactly the target's SMs.
+The release workflow's gate job runs this suite on the image it built and gated.
 """
 
 from __future__ import annotations
@@ -13,38 +19,62 @@ import re
 import subprocess
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from imagefactory.build.images import HOST_CA_BUNDLE, extra_certificates
 from imagefactory.build.docker import detect, image_inspect
+from imagefactory.build.images import HOST_CA_BUNDLE, extra_certificates
+from imagefactory.cli import default_matrix_path
+from imagefactory.plan.expand import resolve_target
+from imagefactory.plan.matrix import load_matrix
+from imagefactory.plan.model import Target
 from imagefactory.plan.render import REPO_ROOT
 
 pytestmark = pytest.mark.docker
 
-TARGET = "hopper-cu130"
 RELEASE = "test"
-SITE = "/opt/venv/lib/python3.11/site-packages"
+REPORTS = REPO_ROOT / "reports"
 
 
+@dataclass(frozen=True)
 class Built:
-    def __init__(self, returncode: int, output: str, image_id: str | None, bnb_tree: str | None) -> None:
-        self.returncode, self.output, self.image_id, self.bnb_tree = returncode, output, image_id, bnb_tree
+    image_id: str
+    built_here: bool  # False with --image: the build's output and exit code are not ours to check
+    returncode: int | None = None
+    output: str = ""
+    bnb_tree: str | None = None
 
 
 @pytest.fixture(scope="session")
-def built(request) -> Built:
+def target(request) -> Target:
+    return resolve_target(load_matrix(default_matrix_path()), request.config.getoption("--target"))
+
+
+@pytest.fixture(scope="session")
+def site(target: Target) -> str:
+    return f"/opt/venv/lib/python{target.python}/site-packages"
+
+
+@pytest.fixture(scope="session")
+def built(request, target: Target) -> Built:
+    image = request.config.getoption("--image")
+    if image:
+        info = image_inspect(detect(), image)
+        if info is None:
+            pytest.fail(f"--image {image}: no such image in the local store")
+        return Built(info["Id"], built_here=False)
     bnb_tree = request.config.getoption("--bnb-source")
-    argv = [sys.executable, "-m", "imagefactory", "build", TARGET, "--release", RELEASE, "--quiet"]
+    argv = [sys.executable, "-m", "imagefactory", "build", target.id, "--release", RELEASE, "--quiet"]
     if bnb_tree:
         argv += ["--bnb-source", bnb_tree]
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-    record = REPO_ROOT / "reports" / TARGET / "build.json"
+    record = REPORTS / target.id / "build.json"
     image_id = json.loads(record.read_text()).get("image_id") if record.exists() else None
     if image_id is None:
-        pytest.fail(f"build of {TARGET} produced no image (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return Built(done.returncode, done.stderr, image_id, bnb_tree)
+        pytest.fail(f"build of {target.id} produced no image (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return Built(image_id, True, done.returncode, done.stderr, bnb_tree)
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +89,21 @@ def config(built, client) -> dict:
     return info["Config"]
 
 
+@pytest.fixture(scope="session")
+def nvidia(target: Target) -> None:
+    if target.arch.vendor != "nvidia":
+        pytest.skip(f"{target.id} is not an NVIDIA target")
+
+
+def report(target: Target, name: str, built: Built) -> dict:
+    """reports/<target>/<name>.json of the build that made this image (skips when there is none)."""
+    path = REPORTS / target.id / f"{name}.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if data.get("image_id") != built.image_id:
+        pytest.skip(f"{path}: no report for image {built.image_id[:19]} (built elsewhere)")
+    return data
+
+
 def in_image(client, image: str, script: str) -> str:
     done = subprocess.run([client.executable, "run", "--rm", "--network", "none", image, "sh", "-c", script],
                           capture_output=True, text=True, check=False)
@@ -66,30 +111,36 @@ def in_image(client, image: str, script: str) -> str:
     return done.stdout
 
 
-def test_gate_passed_and_tagged_the_image(built, client):
-    assert built.returncode == 0, built.output[-3000:]
-    gate = json.loads((REPO_ROOT / "reports" / TARGET / "gate.json").read_text())
-    assert gate["result"] == "passed" and gate["image_id"] == built.image_id
-    for ref in (f"imagefactory:{TARGET}", f"imagefactory:{TARGET}-latest", f"imagefactory:{TARGET}-torch2.14.1-{RELEASE}"):
-        assert image_inspect(client, ref)["Id"] == built.image_id, ref
+def test_gate_passed_and_tagged_the_image(built, client, target):
+    if built.built_here:
+        assert built.returncode == 0, built.output[-3000:]
+    gate = report(target, "gate", built)
+    assert gate["result"] == "passed"
+    assert gate["tags"] and all(image_inspect(client, ref)["Id"] == built.image_id for ref in gate["tags"])
+    if built.built_here:
+        repo = target.image_repo
+        assert gate["tags"] == [f"{repo}:{target.id}", f"{repo}:{target.id}-latest",
+                                f"{repo}:{target.id}-torch{target.torch.version}-{RELEASE}"]
 
 
-def test_build_says_where_bitsandbytes_came_from(built, config):
+def test_build_says_where_bitsandbytes_came_from(built, config, target):
     source = config["Labels"]["io.imagefactory.bitsandbytes-source"]
-    assert source == ("local" if built.bnb_tree else source)
+    recorded = report(target, "build", built)["bnb_source"]  # what the build decided, from its own record
+    assert source == recorded == ("local" if built.bnb_tree else recorded)
     assert source in {"git", "local", "wheel"}
-    assert "bitsandbytes" in built.output and (source != "wheel" or "fallback" in built.output or "PyPI wheel" in built.output)
+    if built.built_here:
+        said = {"wheel": "PyPI wheel", "git": f"compiled from {target.bitsandbytes.git_url}", "local": "compiled from the local tree"}
+        assert said[source] in built.output
 
 
-def test_labels(config, built):
+def test_labels(config, built, target):
     labels = config["Labels"]
-    expected = {
-        "io.imagefactory.target": TARGET, "io.imagefactory.sm": "9.0", "io.imagefactory.cuda": "13.0",
-        "io.imagefactory.torch": "2.14.1", "io.imagefactory.triton": "3.8.0", "io.imagefactory.python": "3.11",
-        "io.imagefactory.sbom": "/opt/imagefactory/sbom.cdx.json",
-    }
+    expected = {**target.labels, "io.imagefactory.sbom": "/opt/imagefactory/sbom.cdx.json"}
+    if target.arch.vendor == "nvidia":
+        expected["io.imagefactory.cuda"] = target.toolkit.version
+    if built.bnb_tree:  # the image holds the local tree's version
+        del expected["io.imagefactory.bitsandbytes"]
     assert {k: labels.get(k) for k in expected} == expected
-    assert labels["io.imagefactory.bitsandbytes"].startswith("0.5")
     assert len(labels["io.imagefactory.revision"].split("-")[0]) == 40
     assert labels["org.opencontainers.image.revision"] == labels["io.imagefactory.revision"]
     assert labels["org.opencontainers.image.created"].startswith("20")
@@ -100,30 +151,36 @@ def test_runtime_user_is_not_root(config, client, built):
     assert in_image(client, built.image_id, "id -u; id -g").split() == ["1000", "1000"]
 
 
-def test_expected_identity_and_cache_dir_are_set(config):
+def test_expected_identity_and_cache_dir_are_set(config, target, built):
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["TRITON_CACHE_DIR"] == "/opt/triton-cache"
-    # the libcuda directory is part of triton's module cache key: the warm step's stub, shipped in the cache
-    assert env["TRITON_LIBCUDA_PATH"] == "/opt/triton-cache/imagefactory-stub"
-    assert env["PROBE_EXPECT_TARGET"] == TARGET and env["PROBE_EXPECT_SM"] == "9.0"
-    assert env["PROBE_EXPECT_WARM_CACHE"] == "1"
+    expected = {k: v for k, v in target.expect_env.items() if not (built.bnb_tree and k == "PROBE_EXPECT_BITSANDBYTES")}
+    assert {k: env.get(k) for k in expected} == expected
     assert env["PYTHONPATH"] == "/opt/imagefactory"
+    if target.warm_triton_cache:
+        assert env["PROBE_EXPECT_WARM_CACHE"] == "1"
+        assert env["TRITON_CACHE_DIR"] == "/opt/triton-cache"
+        # the libcuda directory is part of triton's module cache key: the warm step's stub, shipped in the cache
+        assert env["TRITON_LIBCUDA_PATH"] == "/opt/triton-cache/imagefactory-stub"
 
 
-def test_no_compiler_toolchain_in_the_runtime_image(client, built):
+def test_no_compiler_toolchain_in_the_runtime_image(client, built, site):
     out = in_image(client, built.image_id,
                    "for t in gcc cc g++ nvcc cmake ninja; do command -v $t; done; ls -d /opt/toolchain /opt/cuda /opt/sbom-tool 2>/dev/null; "
-                   f"ls {SITE}/nvidia/cu13/bin 2>/dev/null | grep -E '^(nvcc|ptxas)$'; true")
+                   f"ls {site}/nvidia/*/bin 2>/dev/null | grep -E '^(nvcc|ptxas)$'; true")
     assert out.strip() == ""
 
 
-def test_one_bitsandbytes_library_for_the_toolkit_plus_cpu(client, built):
-    libs = in_image(client, built.image_id, f"cd {SITE}/bitsandbytes && ls libbitsandbytes_*").split()
-    assert sorted(libs) == ["libbitsandbytes_cpu.so", "libbitsandbytes_cuda130.so"]
+def bnb_library(target: Target) -> str:
+    return f"libbitsandbytes_cuda{target.toolkit.version.replace('.', '')}.so"
+
+
+def test_one_bitsandbytes_library_for_the_toolkit_plus_cpu(client, built, site, target, nvidia):
+    libs = in_image(client, built.image_id, f"cd {site}/bitsandbytes && ls libbitsandbytes_*").split()
+    assert sorted(libs) == ["libbitsandbytes_cpu.so", bnb_library(target)]
 
 
 def _cuobjdump() -> Path:
-    import nvidia  # noqa: PLC0415 - from the dev extra nvidia-cuda-cuobjdump
+    import nvidia
 
     for root in map(Path, nvidia.__path__):
         found = sorted(root.glob("cu*/bin/cuobjdump"))
@@ -132,27 +189,30 @@ def _cuobjdump() -> Path:
     pytest.fail("cuobjdump not found: pip install nvidia-cuda-cuobjdump (dev extra)")
 
 
-def test_bitsandbytes_library_holds_sass_for_sm90(client, built, tmp_path):
-    lib = tmp_path / "libbitsandbytes_cuda130.so"
+def test_bitsandbytes_library_holds_sass_for_the_target_sms(client, built, tmp_path, site, target, nvidia):
+    lib = tmp_path / bnb_library(target)
     container = subprocess.run([client.executable, "create", built.image_id], capture_output=True, text=True, check=True).stdout.strip()
     try:
-        subprocess.run([client.executable, "cp", f"{container}:{SITE}/bitsandbytes/{lib.name}", str(lib)], check=True)
+        subprocess.run([client.executable, "cp", f"{container}:{site}/bitsandbytes/{lib.name}", str(lib)], check=True)
     finally:
         subprocess.run([client.executable, "rm", container], capture_output=True, check=False)
     listing = subprocess.run([str(_cuobjdump()), "--list-elf", str(lib)], capture_output=True, text=True, check=True).stdout
     arches = set(re.findall(r"\.(sm_\d+a?)\.cubin", listing))  # "ELF file 5: libbitsandbytes_cuda130.5.sm_90.cubin"
-    assert "sm_90" in arches, listing[:500]
+    wanted = {f"sm_{code}" for code in target.sm_codes}
+    assert wanted <= arches, listing[:500]
     if built.bnb_tree:
-        assert arches == {"sm_90"}, f"compiled for exactly the target SM, found {sorted(arches)}"
+        assert arches == wanted, f"compiled for exactly the target's SMs, found {sorted(arches)}"
 
 
-def test_triton_cache_holds_kernels_for_sm90_and_launcher_modules(client, built, config):
+def test_triton_cache_holds_kernels_for_the_target_sms_and_launcher_modules(client, built, config, target, nvidia):
+    if not target.warm_triton_cache:
+        pytest.skip(f"{target.id} ships no warm Triton cache")
     script = ("cd /opt/triton-cache && find . -name '*.json' ! -name '__grp__*' -exec cat {} + | "
               "python -c \"import sys,json,re; d=sys.stdin.read(); print(sorted(set(re.findall(r'\\\"arch\\\": ?(\\\\d+)', d))))\"; "
               "find . -name '*.cubin' | wc -l; find . -name '*.so*' | sed 's|.*/||' | sort -u")
     out = in_image(client, built.image_id, script).splitlines()
-    assert out[0] == "['90']", out
-    assert int(out[1]) >= 6, "the probe's six kernels, compiled for sm_90"
+    assert out[0] == str(sorted(target.sm_codes)), out
+    assert int(out[1]) >= 6 * len(target.sm_codes), "the probe's six kernels, compiled for each SM"
     modules = out[2:]
     assert any(m.startswith("cuda_utils") for m in modules), modules
     assert "libcuda.so.1" in modules, "the stub the host modules were linked against (TRITON_LIBCUDA_PATH)"
@@ -161,17 +221,17 @@ def test_triton_cache_holds_kernels_for_sm90_and_launcher_modules(client, built,
         assert any("launcher" in m for m in modules), modules
 
 
-def test_sbom_lists_the_venv(client, built):
+def test_sbom_lists_the_venv(client, built, target):
     sbom = json.loads(in_image(client, built.image_id, "cat /opt/imagefactory/sbom.cdx.json"))
     assert sbom["bomFormat"] == "CycloneDX"
     names = {c["name"] for c in sbom["components"]}
-    assert {"torch", "triton", "bitsandbytes", "transformers"} <= names
+    assert {"torch", target.triton_package, "bitsandbytes", "transformers"} <= names
 
 
-def test_no_layer_holds_the_ca_bundle_or_a_secret(client, built, tmp_path):
+def test_no_layer_holds_the_ca_bundle_or_a_secret(client, built, tmp_path, target):
     if not HOST_CA_BUNDLE.is_file():
         pytest.skip("host has no CA bundle")
-    base_bundle = subprocess.run([client.executable, "run", "--rm", "--network", "none", "imagefactory/base:bookworm-build",
+    base_bundle = subprocess.run([client.executable, "run", "--rm", "--network", "none", target.base.build,
                                   "cat", "/etc/ssl/certs/ca-certificates.crt"], capture_output=True, check=False).stdout
     secret_certs = extra_certificates(HOST_CA_BUNDLE.read_bytes(), base_bundle)
     if not secret_certs:

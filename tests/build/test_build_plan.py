@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from imagefactory.build.docker import parse_version
+from imagefactory.build.gate import failing_checks, gate_tags
 from imagefactory.build.images import (
     BnbChoice,
+    BuildResult,
     build_args,
     choose_bnb,
     extra_certificates,
     human_size,
     local_tree_version,
     summary_table,
-    BuildResult,
 )
-from imagefactory.build.docker import parse_version
 from imagefactory.errors import BuildFailedError
-from imagefactory.build.gate import failing_checks, gate_tags
 
 
 def bnb_tree(root: Path, version: str = "0.50.2") -> Path:

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from imagefactory.run import CommandError, run
+from imagefactory.errors import CommandError
+from imagefactory.run import run
 
 
 def test_echoes_the_quoted_command_and_captures_stdout(capfd):

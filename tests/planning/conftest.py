@@ -45,9 +45,8 @@ class CliResult:
 
 
 @pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
-    """The CLI in-process with only the planning commands (execution modules are other suites' concern)."""
-    monkeypatch.setattr(cli, "EXTENSION_MODULES", ())
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """The CLI in-process."""
 
     def run(*argv: str) -> CliResult:
         code = cli.main(list(argv))

@@ -5,13 +5,11 @@ from __future__ import annotations
 import pytest
 from packaging.version import Version
 
-from imagefactory import immutable_tag
-from imagefactory import resolve_target
-from imagefactory import select_targets
+from imagefactory import immutable_tag, resolve_target, select_targets
 from imagefactory.errors import RefusedTargetError, UnknownTargetError, UsageError
 from imagefactory.plan.expand import expand, expand_braces
 from imagefactory.plan.model import Matrix
-from imagefactory.plan.rules import check, Candidate
+from imagefactory.plan.rules import Candidate, check
 
 
 def test_hopper_cu130_is_exactly_the_ci_target(matrix: Matrix) -> None:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.plan import outputs
-from imagefactory.plan import render
+from imagefactory.plan import outputs, render
 from imagefactory.plan.expand import expand
 from imagefactory.plan.model import Matrix
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 from imagefactory.errors import ConfigError
 from imagefactory.plan.expand import expand
 from imagefactory.plan.matrix import parse_matrix
+
+pytestmark = pytest.mark.slow  # hundreds of generated matrices: run with --slow (make test and CI do)
 
 MATRIX_TEXT = (Path(__file__).resolve().parents[2] / "matrix.yaml").read_text(encoding="utf-8")
 MATRIX_DATA = yaml.safe_load(MATRIX_TEXT)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.plan import render
 from imagefactory import resolve_target
 from imagefactory.errors import TemplateError
+from imagefactory.plan import render
 from imagefactory.plan.model import Matrix
 
 FIXTURE = Path(__file__).parent / "fixtures" / "templates"

@@ -9,7 +9,8 @@ import pytest
 from imagefactory.errors import UsageError
 from imagefactory.plan import outputs
 from imagefactory.plan.expand import all_targets
-from imagefactory.plan.model import Matrix, release_tags
+from imagefactory.plan.model import Matrix
+from imagefactory.tags import release_tags
 from probe import select, tags
 
 REPO = Path(__file__).resolve().parents[2]

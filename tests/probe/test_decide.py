@@ -81,6 +81,7 @@ def test_plan_that_cannot_fit_says_so():
     assert plan.need_mib > plan.free_mib and "does not fit" in plan.reason
 
 
+@pytest.mark.slow
 @given(params=st.integers(10**8, 10**11), free_gib=st.integers(4, 192))
 def test_plan_fits_means_it_fits(params, free_gib):
     plan = plan_memory(params, nv("gpu", (9, 0), free_gib))
@@ -90,6 +91,7 @@ def test_plan_fits_means_it_fits(params, free_gib):
         assert sum(plan.breakdown_mib.values()) == pytest.approx(plan.need_mib, abs=4)
 
 
+@pytest.mark.slow
 @given(params=st.integers(10**8, 10**11), free_gib=st.integers(4, 96))
 def test_more_memory_never_needs_more_compromise(params, free_gib):
     small = plan_memory(params, nv("gpu", (9, 0), free_gib))

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from imagefactory.errors import PushFailedError, UsageError
 from imagefactory.plan.expand import all_targets
-from imagefactory.errors import UsageError
 from imagefactory.plan.matrix import load_matrix
-from imagefactory.plan.model import release_tags
 from imagefactory.publish.push import (
     GATE_IMAGE_LABEL,
     GATE_LABEL,
@@ -22,8 +21,8 @@ from imagefactory.publish.push import (
     summary_markdown,
     write_release_record,
 )
-from imagefactory.publish.errors import ReleaseError
 from imagefactory.publish.registry import RemoteImage, RepoRef
+from imagefactory.tags import release_tags
 
 REPO = RepoRef.parse("127.0.0.1:5000/imagefactory")
 GATED = "sha256:" + "a" * 64
@@ -56,7 +55,7 @@ class FakeWorld:
 
     def push(self, ref: str) -> str:
         if ref == self.fail_push_of:
-            raise ReleaseError(f"push of {ref} failed: connection reset")
+            raise PushFailedError(f"push of {ref} failed: connection reset")
         key = self.refs[ref]
         digest = "sha256:" + hashlib.sha256(json.dumps(self.local[key], sort_keys=True).encode()).hexdigest()
         self.remote[ref.rsplit(":", 1)[1]] = RemoteImage(digest, self.local[key])
@@ -92,9 +91,9 @@ TAGS = release_tags(HOPPER, "20261127")
 def test_tags_shape() -> None:
     assert TAGS.immutable == "hopper-cu130-torch2.14.1-20261127"
     assert TAGS.floating == ("hopper-cu130", "hopper-cu130-latest")
-    # a bad release is a usage error (exit 2), found before anything is built or pushed
-    with pytest.raises(UsageError, match="release 'bad/one'"):
+    with pytest.raises(UsageError, match="release 'bad/one'") as bad:
         release_tags(HOPPER, "bad/one")
+    assert bad.value.exit_code == 2
     with pytest.raises(UsageError, match="'latest' is a floating name"):
         release_tags(HOPPER, "Latest")
 
@@ -115,7 +114,7 @@ def test_failed_immutable_push_leaves_floating_tags(tmp_path: Path) -> None:
     old = RemoteImage("sha256:" + "0" * 64, {})
     world.remote["hopper-cu130"] = world.remote["hopper-cu130-latest"] = old
     world.fail_push_of = f"{REPO}:{TAGS.immutable}"
-    with pytest.raises(ReleaseError, match="connection reset"):
+    with pytest.raises(PushFailedError, match="connection reset"):
         publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert world.remote["hopper-cu130"] is old and world.remote["hopper-cu130-latest"] is old
 
@@ -123,7 +122,7 @@ def test_failed_immutable_push_leaves_floating_tags(tmp_path: Path) -> None:
 def test_refuses_to_overwrite_immutable_tag_with_other_content(tmp_path: Path) -> None:
     world = FakeWorld()
     world.remote[TAGS.immutable] = RemoteImage("sha256:" + "1" * 64, {GATE_IMAGE_LABEL: "sha256:" + "b" * 64})
-    with pytest.raises(ReleaseError, match="already exists with different content"):
+    with pytest.raises(PushFailedError, match="already exists with different content"):
         publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert world.events == []
 
@@ -152,7 +151,7 @@ def test_refusals_before_anything_is_pushed(tmp_path: Path, fields: dict, local:
     world = FakeWorld()
     if local is not None:
         world.local = local
-    with pytest.raises(ReleaseError, match=message):
+    with pytest.raises(PushFailedError, match=message):
         publish(TAGS, report(tmp_path, **fields), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert world.events == [] and world.remote == {}
 
@@ -161,7 +160,7 @@ def test_a_report_that_does_not_name_its_mode_is_not_a_gpu_gate(tmp_path: Path) 
     path = tmp_path / "gate.json"
     path.write_text(json.dumps({"target": "hopper-cu130", "image_id": GATED, "result": "passed"}))
     world = FakeWorld()
-    with pytest.raises(ReleaseError, match="gated in unknown mode only.*--allow-cpu-gate"):
+    with pytest.raises(PushFailedError, match="gated in unknown mode only.*--allow-cpu-gate"):
         publish(TAGS, GateReport.read(path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert world.events == []
 
@@ -173,10 +172,10 @@ def test_cpu_gate_allowed_when_asked(tmp_path: Path) -> None:
 
 
 def test_gate_report_errors_are_one_line(tmp_path: Path) -> None:
-    with pytest.raises(ReleaseError, match="no gate report"):
+    with pytest.raises(PushFailedError, match="no gate report"):
         GateReport.read(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(ReleaseError, match="unreadable gate report"):
+    with pytest.raises(PushFailedError, match="unreadable gate report"):
         GateReport.read(tmp_path / "bad.json")
 
 
@@ -193,12 +192,12 @@ def test_release_record_and_summary(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["imagefactory", "127.0.0.1:5000", "ghcr.io/Org/Images"])
 def test_registry_argument_is_checked(text: str) -> None:
-    with pytest.raises(ReleaseError, match="--registry"):
+    with pytest.raises(PushFailedError, match="--registry"):
         RepoRef.parse(text)
 
 
 def test_push_progress_counts_layers_and_finds_the_digest() -> None:
-    from imagefactory.publish.docker_ops import PushLayers  # noqa: PLC0415
+    from imagefactory.build.docker import PushLayers
 
     layers = PushLayers()
     lines = ["The push refers to repository [127.0.0.1:5000/imagefactory]", "5f70bf18a086: Preparing",
@@ -222,9 +221,9 @@ def test_floating_tags_moved_from_an_existing_immutable_tag_are_pulled_first(tmp
 
 def test_tags_agree_with_planning_and_with_probe_select() -> None:
     """The gate tags locally with these names, push publishes them, and `probe select` reads them back."""
-    from imagefactory.build.gate import gate_tags  # noqa: PLC0415
-    from imagefactory.plan.model import immutable_tag  # noqa: PLC0415
-    from probe.tags import FLOATING_SUFFIX, is_immutable, parse_immutable_tag  # noqa: PLC0415
+    from imagefactory.build.gate import gate_tags
+    from imagefactory.plan.model import immutable_tag
+    from probe.tags import FLOATING_SUFFIX, is_immutable, parse_immutable_tag
 
     for target in TARGETS:
         tags = release_tags(target, "2026.11.0")
@@ -236,3 +235,17 @@ def test_tags_agree_with_planning_and_with_probe_select() -> None:
         assert parsed == (target.id, target.torch.version, "2026.11.0")
         assert not any(is_immutable(tag) for tag in tags.floating)
         assert {tag.removesuffix(FLOATING_SUFFIX) for tag in tags.floating} == {target.id}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--release", "latest"], "error: release 'latest': 'latest' is a floating name"),
+    (["--release", "bad/one"], "error: release 'bad/one': use letters"),
+    (["--registry", ""], "error: push needs --registry HOST[:PORT]/NAME"),
+])
+def test_cli_push_usage_errors_exit_2_before_anything_runs(tmp_path: Path, capsys, argv, message) -> None:
+    from imagefactory.cli import main as cli_main
+
+    code = cli_main(["push", "hopper-cu130", "--registry", "127.0.0.1:5000/x", "--docker", str(tmp_path / "no-docker"),
+                     "--reports-dir", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert (code, err.count("\n")) == (2, 1) and err.startswith(message), err

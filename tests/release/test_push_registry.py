@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from imagefactory.plan.model import release_tags
-from imagefactory.publish.push import GATE_IMAGE_LABEL, GATE_LABEL, GATE_REPORT_LABEL, SBOM_LABEL, GateReport, publish
-from imagefactory.publish.docker_ops import CliDocker
-from imagefactory.publish.errors import ReleaseError
+from imagefactory.errors import PushFailedError
+from imagefactory.publish.push import GATE_IMAGE_LABEL, GATE_LABEL, GATE_REPORT_LABEL, SBOM_LABEL, GateReport, LocalDocker, publish
 from imagefactory.publish.registry import Registry, RepoRef
+from imagefactory.tags import release_tags
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -23,14 +22,14 @@ TARGET = "hopper-cu130"
 
 
 def hopper_target():
-    from imagefactory.plan.expand import resolve_target  # noqa: PLC0415
-    from imagefactory.plan.matrix import load_matrix  # noqa: PLC0415
+    from imagefactory.plan.expand import resolve_target
+    from imagefactory.plan.matrix import load_matrix
 
     return resolve_target(load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml"), TARGET)
 
 
 def docker(*args: str) -> str:
-    done = subprocess.run([CliDocker().client, *args], capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run([LocalDocker().client.executable, *args], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
     return done.stdout.strip()
 
@@ -66,7 +65,7 @@ def remove_test_images(tmp_path: Path, local_registry) -> Iterator[None]:
     ids = sorted({image_id for image_id, repository in rows if repository.startswith(ours)})
     for _pass in range(2):  # labelled children first, then the tiny images they were made FROM
         if ids:
-            subprocess.run([CliDocker().client, "rmi", "--force", *ids], capture_output=True, check=False)
+            subprocess.run([LocalDocker().client.executable, "rmi", "--force", *ids], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -76,7 +75,7 @@ def repo(local_registry) -> RepoRef:
 
 def push(tmp_path: Path, repo: RepoRef, image_id: str, release: str, docker_ops=None):
     return publish(release_tags(hopper_target(), release), gate_report(tmp_path, image_id), TARGET, repo,
-                   docker_ops or CliDocker(), Registry(repo), say=lambda _m: None)
+                   docker_ops or LocalDocker(), Registry(repo), say=lambda _m: None)
 
 
 def test_push_tags_labels_and_pull_back_by_digest(tmp_path: Path, repo: RepoRef) -> None:
@@ -99,7 +98,7 @@ def test_push_tags_labels_and_pull_back_by_digest(tmp_path: Path, repo: RepoRef)
 
 def test_immutable_tag_is_never_overwritten(tmp_path: Path, repo: RepoRef) -> None:
     first = push(tmp_path, repo, tiny_image(tmp_path, "a"), "20261127")
-    with pytest.raises(ReleaseError, match="already exists with different content"):
+    with pytest.raises(PushFailedError, match="already exists with different content"):
         push(tmp_path, repo, tiny_image(tmp_path, "b"), "20261127")
     registry = Registry(repo)
     assert {registry.image(t).digest for t in ("hopper-cu130-torch2.14.1-20261127", "hopper-cu130", "hopper-cu130-latest")} == {first.digest}  # type: ignore[union-attr]
@@ -118,7 +117,7 @@ def test_floating_tags_follow_a_new_release_and_old_one_stays(tmp_path: Path, re
                                               "hopper-cu130-torch2.14.1-20261128"])
 
 
-class KillRegistryOnPush(CliDocker):
+class KillRegistryOnPush(LocalDocker):
     """Real Docker, but the registry dies just as the immutable tag's push starts."""
 
     def __init__(self, registry) -> None:
@@ -133,7 +132,7 @@ class KillRegistryOnPush(CliDocker):
 
 def test_push_failing_midway_leaves_floating_tags(tmp_path: Path, repo: RepoRef, local_registry) -> None:
     first = push(tmp_path, repo, tiny_image(tmp_path, "a"), "20261127")
-    with pytest.raises(ReleaseError) as failure:
+    with pytest.raises(PushFailedError) as failure:
         push(tmp_path, repo, tiny_image(tmp_path, "b"), "20261128", docker_ops=KillRegistryOnPush(local_registry))
     assert "\n" not in str(failure.value)
     local_registry.start()  # same storage: what a user sees after the outage
@@ -144,22 +143,22 @@ def test_push_failing_midway_leaves_floating_tags(tmp_path: Path, repo: RepoRef,
 
 def test_refuses_ungated_and_sbom_less_images(tmp_path: Path, repo: RepoRef) -> None:
     image = tiny_image(tmp_path, "a")
-    with pytest.raises(ReleaseError, match="the gate did not pass"):
-        publish(release_tags(hopper_target(), "1"), gate_report(tmp_path, image, "failed"), TARGET, repo, CliDocker(), Registry(repo))
-    with pytest.raises(ReleaseError, match="no io.imagefactory.sbom label"):
+    with pytest.raises(PushFailedError, match="the gate did not pass"):
+        publish(release_tags(hopper_target(), "1"), gate_report(tmp_path, image, "failed"), TARGET, repo, LocalDocker(), Registry(repo))
+    with pytest.raises(PushFailedError, match="no io.imagefactory.sbom label"):
         push(tmp_path, repo, tiny_image(tmp_path, "nosbom", sbom=False), "1")
     other = tiny_image(tmp_path, "c")
     labels = {SBOM_LABEL: "/opt/imagefactory/missing.cdx.json"}
-    mislabelled = CliDocker().label_child(other, labels, f"imagefactory-test/{tmp_path.name.lower()}:mislabelled")
-    with pytest.raises(ReleaseError, match="no CycloneDX JSON at /opt/imagefactory/missing.cdx.json"):
+    mislabelled = LocalDocker().label_child(other, labels, f"imagefactory-test/{tmp_path.name.lower()}:mislabelled")
+    with pytest.raises(PushFailedError, match="no CycloneDX JSON at /opt/imagefactory/missing.cdx.json"):
         push(tmp_path, repo, mislabelled, "1")
     assert Registry(repo).tags() == []
 
 
 def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Path, repo: RepoRef, capsys) -> None:
     """`python -m imagefactory push` end to end, then `probe select --repo` reads the registry's tags."""
-    from imagefactory.cli import main as cli_main  # noqa: PLC0415
-    from probe.select import main as select_main  # noqa: PLC0415
+    from imagefactory.cli import main as cli_main
+    from probe.select import main as select_main
 
     image = tiny_image(tmp_path, "a")
     (tmp_path / "reports" / TARGET).mkdir(parents=True)
@@ -173,7 +172,9 @@ def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Pa
     assert f"`{repo}:hopper-cu130-latest`" in capsys.readouterr().out
 
     # a second push of other content under the same release: one-line refusal, exit 7
-    (tmp_path / "reports" / TARGET / "gate.json").write_text(json.dumps({"target": TARGET, "image_id": tiny_image(tmp_path, "b"), "result": "passed", "mode": "gpu"}))
+    other = tiny_image(tmp_path, "b")
+    (tmp_path / "reports" / TARGET / "gate.json").write_text(
+        json.dumps({"target": TARGET, "image_id": other, "result": "passed", "mode": "gpu"}))
     assert cli_main(argv) == 7
     err = capsys.readouterr().err
     assert "error: " in err and "already exists with different content" in err and "Traceback" not in err
@@ -185,7 +186,7 @@ def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Pa
 
 
 def test_probe_select_reads_the_registry_tag_list(tmp_path: Path, repo: RepoRef) -> None:
-    from probe.select import registry_tags  # noqa: PLC0415
+    from probe.select import registry_tags
 
     image = tiny_image(tmp_path, "a")
     tags = ["hopper-cu130", "hopper-cu130-latest", "ampere-cu130", "ampere-cu130-latest", "blackwell-cu130"]

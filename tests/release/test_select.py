@@ -158,17 +158,17 @@ def test_python_m_probe_select_from_a_bare_copy_of_probe(tmp_path: Path) -> None
 
 def test_registry_tag_list_pages_and_anonymous_token() -> None:
     """A registry that pages (Link: rel="next") and wants a bearer token, as ghcr.io and Docker Hub do."""
-    import http.server  # noqa: PLC0415
-    import threading  # noqa: PLC0415
+    import http.server
+    import threading
 
-    from probe.select import registry_tags  # noqa: PLC0415
+    from probe.select import registry_tags
 
     pages = {"/v2/org/if/tags/list?n=2": (["a-cu130", "a-cu130-latest"], "/v2/org/if/tags/list?n=2&last=a-cu130-latest"),
              "/v2/org/if/tags/list?n=2&last=a-cu130-latest": (["b-cu130"], None)}
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(self.path)
             if self.path.startswith("/token"):
                 body, headers = json.dumps({"token": "t0k"}).encode(), {}

@@ -1,0 +1,68 @@
+"""`python -m imagefactory push|docs|summary`: what each command does with its parsed options.
+
+  push TARGET --registry HOST[:PORT]/NAME [--release R]   publish a gated image (see imagefactory.publish.push)
+  docs [--check] [--repo REPO]                            supported-tags page + deploy files from matrix.yaml
+  summary reports/*/release.json                          markdown table of published tags (CI summary)
+
+imagefactory.cli owns the parser and calls these; `args.matrix` is already the matrix file's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from imagefactory import log
+from imagefactory.build.docker import detect
+from imagefactory.errors import PushFailedError, UsageError
+from imagefactory.plan.expand import all_targets, resolve_target
+from imagefactory.plan.matrix import load_matrix
+from imagefactory.publish.docs import drift, generate, write
+from imagefactory.publish.push import GateReport, LocalDocker, publish, summary_markdown, write_release_record
+from imagefactory.publish.registry import Registry, RepoRef
+from imagefactory.tags import release_or_today, release_tags
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    files = generate(all_targets(load_matrix(args.matrix)), repo=args.repo, docs_dir=args.docs_dir)
+    if args.check:
+        problems = drift(files, args.docs_dir)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            print("error: generated docs are out of date; run: python -m imagefactory docs", file=sys.stderr)
+            return 1
+        print(f"docs in sync ({len(files)} files)")
+        return 0
+    changed = write(files, args.docs_dir)
+    print(f"{len(changed)} of {len(files)} generated files changed" + "".join(f"\n  {p}" for p in changed))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    if not args.registry:
+        raise UsageError("push needs --registry HOST[:PORT]/NAME (or $IMAGEFACTORY_REGISTRY)")
+    target = resolve_target(load_matrix(args.matrix), args.target)
+    repo = RepoRef.parse(args.registry)
+    tags = release_tags(target, release_or_today(args.release))
+    report = GateReport.read(args.reports_dir / target.id / "gate.json")
+    with log.step(f"push {target.id} to {repo}"):
+        result = publish(tags, report, target.id, repo, LocalDocker(detect(args.docker)), Registry(repo),
+                         say=log.echo, allow_cpu_gate=args.allow_cpu_gate)
+    record = write_release_record(result, target.id, args.reports_dir)
+    verb = "already published" if result.already_there else "published"
+    print(f"{verb} {repo}:{tags.immutable} ({result.digest}); floating: {', '.join(tags.floating)}; record: {record}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    records = []
+    for path in args.records:
+        try:
+            records.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as error:
+            raise PushFailedError(f"{path}: unreadable release record ({error})") from None
+    sys.stdout.write(summary_markdown(records))
+    return 0
