@@ -62,8 +62,8 @@ def render(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """Run the test suite (docker/gpu tests skip themselves when absent)."""
-    session.run(PY, "-m", "pytest", *session.posargs, external=True)
+    """Run the test suite, slow ones included (docker/gpu tests skip themselves when absent)."""
+    session.run(PY, "-m", "pytest", "--slow", *session.posargs, external=True)
 
 
 @nox.session(venv_backend="none", tags=["lint"])

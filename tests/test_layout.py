@@ -5,6 +5,7 @@ import only downwards (plan <- build <- publish <- cli), nothing below the CLI i
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,12 @@ def test_layers_import_only_downwards(graph: dict[str, set[str]]) -> None:
 
 def test_no_release_prefixed_modules() -> None:
     assert [name for name in modules() if name.rsplit(".", 1)[-1].startswith("release")] == []
+
+
+def test_the_architecture_doc_names_every_module_and_only_those() -> None:
+    """docs/ARCHITECTURE.md's layout table matches the folders: a new module gets a row, a removed one loses it."""
+    text = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text()
+    named = set(re.findall(r"`(imagefactory/[\w/]+\.py)`", text))
+    files = {str(path.relative_to(PACKAGE.parent)) for path in PACKAGE.rglob("*.py")
+             if path.name not in ("__init__.py", "__main__.py")}  # package boilerplate
+    assert sorted(files - named) == [] and sorted(named - files) == []
