@@ -67,7 +67,7 @@ def test_prune_never_follows_a_link_and_spares_hand_written_files(run_cli, tmp_p
 
 def test_two_renders_at_once_both_succeed(tmp_path: Path) -> None:
     root = tmp_path / "repo"
-    for round_ in range(3):
+    for round_ in range(2):
         for i in range(10):  # stale generated files both runs will want to prune
             stale = root / "dockerfiles" / f"stale{i}-cu999" / "Dockerfile"
             stale.parent.mkdir(parents=True, exist_ok=True)
