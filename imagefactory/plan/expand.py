@@ -8,6 +8,7 @@ that differs from the arch's natural one `-<dtype>`: `hopper-cu128-torch2.7`, `h
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass
 
@@ -313,7 +314,12 @@ def expand_braces(pattern: str) -> list[str]:
 
 def id_matches(target_id: str, pattern: str) -> bool:
     """Whether the id matches the glob (`*`, `?`, `[...]`, `{a,b}`): for targets and refused cells alike."""
-    return any(fnmatch.fnmatchcase(target_id, p) for p in expand_braces(pattern))
+    return any(fnmatch.fnmatchcase(target_id, p) for p in _globs(pattern))
+
+
+@functools.lru_cache(maxsize=32)
+def _globs(pattern: str) -> tuple[str, ...]:
+    return tuple(expand_braces(pattern))  # once per pattern, not once per id it is matched against
 
 
 def select_targets(matrix: Matrix, pattern: str) -> list[Target]:
