@@ -230,8 +230,9 @@ def _expand(matrix: Matrix) -> Expansion:
     if problems:
         raise ConfigError(problems)
     if not targets:
-        raise ConfigError([f"{matrix.path.name}:{matrix.lines.get(('cells',), 1)}: cells: the matrix yields no "
-                           f"targets (every combination is refused: imagefactory targets --why-not)"])
+        line = matrix.lines.get(("cells",), 1)
+        why = "every combination is refused: imagefactory targets --why-not"
+        raise ConfigError([f"{matrix.path.name}:{line}: cells: the matrix yields no targets ({why})"])
     return Expansion(tuple(targets[k] for k in sorted(targets)), tuple(sorted(refused, key=lambda c: c.id)))
 
 
