@@ -82,3 +82,9 @@ def test_two_renders_at_once_both_succeed(tmp_path: Path) -> None:
             assert run.returncode == 0 and err == "", err
     assert not list(root.glob("dockerfiles/stale*"))
     assert not list(root.rglob(".Dockerfile.*"))  # no temp file left behind
+
+
+def test_every_rendered_dockerfile_carries_the_generated_mark(matrix) -> None:
+    """Prune recognises its own files by GENERATED_MARK: a template header without it would strand them."""
+    for target in matrix.targets:
+        assert render.GENERATED_MARK in render.render_target(target).split("\n", 3)[1], target.id
