@@ -8,6 +8,7 @@ that differs from the arch's natural one `-<dtype>`: `hopper-cu128-torch2.7`, `h
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass
 
@@ -229,8 +230,9 @@ def _expand(matrix: Matrix) -> Expansion:
     if problems:
         raise ConfigError(problems)
     if not targets:
-        raise ConfigError([f"{matrix.path.name}:{matrix.lines.get(('cells',), 1)}: cells: the matrix yields no "
-                           f"targets (every combination is refused: imagefactory targets --why-not)"])
+        line = matrix.lines.get(("cells",), 1)
+        why = "every combination is refused: imagefactory targets --why-not"
+        raise ConfigError([f"{matrix.path.name}:{line}: cells: the matrix yields no targets ({why})"])
     return Expansion(tuple(targets[k] for k in sorted(targets)), tuple(sorted(refused, key=lambda c: c.id)))
 
 
@@ -313,7 +315,12 @@ def expand_braces(pattern: str) -> list[str]:
 
 def id_matches(target_id: str, pattern: str) -> bool:
     """Whether the id matches the glob (`*`, `?`, `[...]`, `{a,b}`): for targets and refused cells alike."""
-    return any(fnmatch.fnmatchcase(target_id, p) for p in expand_braces(pattern))
+    return any(fnmatch.fnmatchcase(target_id, p) for p in _globs(pattern))
+
+
+@functools.lru_cache(maxsize=32)
+def _globs(pattern: str) -> tuple[str, ...]:
+    return tuple(expand_braces(pattern))  # once per pattern, not once per id it is matched against
 
 
 def select_targets(matrix: Matrix, pattern: str) -> list[Target]:

@@ -100,7 +100,10 @@ def render_target(target: Target, template_dir: Path | None = None) -> str:
         raise TemplateError(f"{exc.filename or exc.name}:{exc.lineno}: template syntax error: {exc.message}") from None
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"{target.id}: {_template_frame(exc)}template used an undefined value: {exc.message}") from None
-    except (TypeError, ValueError, AttributeError) as exc:
+    except RecursionError:  # a template that includes itself
+        raise TemplateError(f"{target.id}: templates include each other without end") from None
+    except (jinja2.TemplateError, TypeError, ValueError, AttributeError, ArithmeticError, LookupError) as exc:
+        # `{{ 1/0 }}`, a missing key, a value a quoting filter refuses: the template's fault, one line
         raise TemplateError(f"{target.id}: {_template_frame(exc)}template failed: {exc}") from None
     return text.rstrip("\n") + "\n"
 

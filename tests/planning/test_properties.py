@@ -73,15 +73,41 @@ def _assert_clean(text: str) -> None:
     assert expand(matrix).targets  # a matrix that loads has targets, and they resolve
 
 
-@settings(max_examples=int(os.environ.get("IMAGEFACTORY_HYPOTHESIS_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(path=st.sampled_from(PATHS), op=st.sampled_from(["delete", "replace", "rename", "add"]), value=values)
+# Fast by default (the suite runs these on every change); `--slow` runs SLOW_EXAMPLES of each.
+EXAMPLES = int(os.environ.get("IMAGEFACTORY_HYPOTHESIS_EXAMPLES", "40"))
+SLOW_EXAMPLES = 1000
+structural = given(path=st.sampled_from(PATHS), op=st.sampled_from(["delete", "replace", "rename", "add"]), value=values)
+textual = given(line=st.integers(0, MATRIX_TEXT.count("\n")), junk=st.text(max_size=6),
+                op=st.sampled_from(["delete", "insert", "append"]))
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@structural
 def test_structural_mutations_are_valid_or_clean_errors(path: tuple, op: str, value: Any) -> None:
     _assert_clean(yaml.safe_dump(_mutate(MATRIX_DATA, path, op, value), sort_keys=False))
 
 
-@settings(max_examples=int(os.environ.get("IMAGEFACTORY_HYPOTHESIS_EXAMPLES", "200")), deadline=None)
-@given(line=st.integers(0, MATRIX_TEXT.count("\n")), junk=st.text(max_size=6), op=st.sampled_from(["delete", "insert", "append"]))
+@pytest.mark.slow
+@settings(max_examples=SLOW_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@structural
+def test_structural_mutations_many_examples(path: tuple, op: str, value: Any) -> None:
+    _assert_clean(yaml.safe_dump(_mutate(MATRIX_DATA, path, op, value), sort_keys=False))
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@textual
 def test_text_mutations_are_valid_or_clean_errors(line: int, junk: str, op: str) -> None:
+    _mutate_text(line, junk, op)
+
+
+@pytest.mark.slow
+@settings(max_examples=SLOW_EXAMPLES, deadline=None)
+@textual
+def test_text_mutations_many_examples(line: int, junk: str, op: str) -> None:
+    _mutate_text(line, junk, op)
+
+
+def _mutate_text(line: int, junk: str, op: str) -> None:
     lines = MATRIX_TEXT.splitlines()
     if op == "delete" and line < len(lines):
         del lines[line]

@@ -67,3 +67,20 @@ def test_template_error_names_the_place(matrix: Matrix, tmp_path: Path) -> None:
         render.render_target(resolve_target(matrix, "hopper-cu130"), templates)
     with pytest.raises(TemplateError, match="not found"):
         render.render_target(resolve_target(matrix, "hopper-cu130"), tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(("text", "what"), [
+    ("{{ 1/0 }}\n", "division by zero"),
+    ('{% include "partials/build.j2" %}\n', "without end"),
+    ("{{ target.labels['nope'] }}\n", "template"),
+    ("RUN echo {{ 'x\\ny'|sh }}\n", "control character"),
+    ("LABEL a={{ 'x\\ny'|docker }}\n", "control character"),
+])
+def test_template_faults_are_template_errors(matrix: Matrix, tmp_path: Path, text: str, what: str) -> None:
+    """Issue 10 class 13: a broken or self-including template is a one-line TemplateError (exit 2), not exit 70."""
+    templates = tmp_path / "templates"
+    shutil.copytree(FIXTURE, templates)
+    (templates / "partials" / "build.j2").write_text(text)
+    with pytest.raises(TemplateError, match=what) as info:
+        render.render_target(resolve_target(matrix, "hopper-cu130"), templates)
+    assert "\n" not in info.value.message

@@ -67,7 +67,7 @@ def test_prune_never_follows_a_link_and_spares_hand_written_files(run_cli, tmp_p
 
 def test_two_renders_at_once_both_succeed(tmp_path: Path) -> None:
     root = tmp_path / "repo"
-    for round_ in range(3):
+    for round_ in range(2):
         for i in range(10):  # stale generated files both runs will want to prune
             stale = root / "dockerfiles" / f"stale{i}-cu999" / "Dockerfile"
             stale.parent.mkdir(parents=True, exist_ok=True)
@@ -82,3 +82,9 @@ def test_two_renders_at_once_both_succeed(tmp_path: Path) -> None:
             assert run.returncode == 0 and err == "", err
     assert not list(root.glob("dockerfiles/stale*"))
     assert not list(root.rglob(".Dockerfile.*"))  # no temp file left behind
+
+
+def test_every_rendered_dockerfile_carries_the_generated_mark(matrix) -> None:
+    """Prune recognises its own files by GENERATED_MARK: a template header without it would strand them."""
+    for target in matrix.targets:
+        assert render.GENERATED_MARK in render.render_target(target).split("\n", 3)[1], target.id
