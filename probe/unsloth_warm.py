@@ -490,9 +490,10 @@ def _forget_compiled(modules: dict[str, types.ModuleType]) -> None:
     the cache again (another SM, or the replay after a warm-up in the same process)."""
     from triton.runtime.jit import JITFunction  # noqa: PLC0415
 
-    for module in modules.values():
+    loaded = [m for name, m in list(sys.modules.items()) if name.split(".")[0] in ("unsloth", "unsloth_zoo") and m]
+    for module in loaded + list(modules.values()):
         for value in list(vars(module).values()):
-            fn = getattr(value, "fn", value)  # Heuristics / Autotuner wrap a JITFunction
+            fn = value if isinstance(value, JITFunction) else getattr(value, "fn", None)  # Heuristics wrap one
             if isinstance(fn, JITFunction):
                 fn.device_caches.clear()
 
@@ -533,10 +534,10 @@ def warm_workload(sm: int, root: Path, shapes: list[ModelShape], *, stub_from: P
         with stand_in_card(sm), warm.stand_in_driver(sm, stub_dir):
             _stand_in_device_properties(sm)
             modules = import_kernel_modules()  # some modules query the device at import (shared memory)
-            _forget_compiled(modules)
             compiled: list[Any] = []
             with warm.compile_events() as events:
                 for shape in shapes:
+                    _forget_compiled(modules)  # each shape looks every kernel up (a hit is still an event)
                     drivers = _drivers(modules, shape, dtype)
                     first = len(events)
                     with FakeTensorMode(allow_non_fake_inputs=True), _every_row_kept(modules["fl"]), \

@@ -184,6 +184,8 @@ def qlora_run(shape: ModelShape, model_dir: Path, steps: int = 10, seq: int = 10
     (cache miss) and cache hit counted per phase. Call in a fresh process: Unsloth must be imported first."""
     import random  # noqa: PLC0415
 
+    from probe.warm import snapshot, written  # noqa: PLC0415
+
     result: dict[str, Any] = {"shape": shape.name, "steps": steps, "phases": [], "compiled": []}
     with _compile_events() as events:
         clock = {"t": time.perf_counter(), "n": 0}
@@ -245,7 +247,10 @@ def qlora_run(shape: ModelShape, model_dir: Path, steps: int = 10, seq: int = 10
         trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_dict({"text": texts}),
                              args=cfg, callbacks=[StepMarks()])
         mark("trainer_init")
+        cache = Path(os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache")
+        before = snapshot(cache)
         trainer.train()
+        result["triton_cache_files_written"] = len(written(before, snapshot(cache)))
         result["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     steps_ = [p for p in result["phases"] if p["phase"].startswith("step")]
     result["first_step_s"] = steps_[0]["seconds"] if steps_ else None
