@@ -37,8 +37,9 @@ ACT_KERNELS = {"swiglu": ("_fg_kernel", "_DWf_DW_dfg_kernel"),
                "geglu": ("_approx_forward_kernel", "_approx_backward_kernel", "_exact_forward_kernel",
                          "_exact_backward_kernel")}
 QK_NORM_KERNELS = ("_qk_norm_rope_forward", "_qk_norm_rope_backward")
-# token counts per step: both parities of % 16 (Triton specialises i32 arguments on divisibility by 16)
-TOKEN_COUNTS = (1024, 1000)
+# tokens per step: Triton specialises i32 arguments on divisibility by 16, and the kernels take the token count
+# times constants (split counts, widths): cover every power of two dividing it below 16 (1001: 2^0 ... 1024: 2^10)
+TOKEN_COUNTS = (1024, 1000, 1004, 1002, 1001)
 # what a card of each SM reports (SM count of the usual datacenter part; max resident threads per SM);
 # Unsloth splits some backward passes by SM count and caps registers on 2048-thread SMs
 CARDS = {70: (80, 2048), 75: (40, 1024), 80: (108, 2048), 86: (84, 1536), 87: (16, 1536), 89: (128, 1536),
@@ -61,6 +62,7 @@ class WorkloadWarmReport:
     kernels: list[dict[str, Any]] = field(default_factory=list)  # name, shape, cache_hit
     modules: list[dict[str, Any]] = field(default_factory=list)
     new_files: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # TRITON_* set as `import unsloth` sets them
     seconds: float = 0.0
     error: str | None = None
 
@@ -168,11 +170,57 @@ def _bare_package(name: str) -> None:
     sys.modules[name] = module
 
 
+def unsloth_triton_env() -> dict[str, str]:
+    """The TRITON_* variables `import unsloth` sets unconditionally (module-level assignments in unsloth's and
+    unsloth_zoo's __init__, read from their source: the warm-up skips that code). Some are part of Triton's
+    cache key (unsloth_zoo sets TRITON_DISABLE_LINE_INFO=1): a warm-up without them never hits in a real run."""
+    import ast  # noqa: PLC0415
+
+    env: dict[str, str] = {}
+    for package in ("unsloth_zoo", "unsloth"):
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise WorkloadWarmError(f"{package} is not installed")
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+        for node in tree.body:  # module level only: a branch (debug switches) is not what a user's import sets
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+                continue
+            target, value = node.targets[0], node.value
+            if (isinstance(target, ast.Subscript) and ast.unparse(target.value) == "os.environ"
+                    and isinstance(target.slice, ast.Constant) and str(target.slice.value).startswith("TRITON_")
+                    and isinstance(value, ast.Constant) and isinstance(value.value, str)):
+                env[str(target.slice.value)] = value.value
+    return env
+
+
+@contextlib.contextmanager
+def unsloth_environment() -> Iterator[dict[str, str]]:
+    env = unsloth_triton_env()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def import_kernel_modules() -> dict[str, types.ModuleType]:
     """Unsloth's kernel modules and unsloth_zoo's fused loss, without the packages' start-up code."""
     # the eager fast-launch path keys on data pointers; a fake tensor has none (it changes no kernel variant)
     os.environ["UNSLOTH_TRITON_FAST_LAUNCH"] = "0"
     os.environ.setdefault("UNSLOTH_IS_PRESENT", "1")
+    if "UNSLOTH_COMPILE_LOCATION" not in os.environ:  # unsloth_zoo writes generated modules there at import
+        import atexit  # noqa: PLC0415
+        import shutil  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415
+
+        scratch = tempfile.mkdtemp(prefix="probe-unsloth-compiled-")
+        atexit.register(shutil.rmtree, scratch, True)
+        os.environ["UNSLOTH_COMPILE_LOCATION"] = scratch
     os.environ.setdefault("UNSLOTH_ZOO_IS_PRESENT", "1")
     for name in ("unsloth", "unsloth_zoo", "unsloth.kernels", "unsloth_zoo.fused_losses"):
         _bare_package(name)
@@ -531,7 +579,8 @@ def warm_workload(sm: int, root: Path, shapes: list[ModelShape], *, stub_from: P
         stub_dir = warm.stub_dir_for(stub_from) if stub_from else warm.build_stub(root)
         before = warm.snapshot(root)
         dtype = getattr(torch, dtype_for_sm(sm))
-        with stand_in_card(sm), warm.stand_in_driver(sm, stub_dir):
+        with stand_in_card(sm), warm.stand_in_driver(sm, stub_dir), unsloth_environment() as env:
+            report.env = env
             _stand_in_device_properties(sm)
             modules = import_kernel_modules()  # some modules query the device at import (shared memory)
             compiled: list[Any] = []

@@ -62,7 +62,7 @@ def warm_main(args: argparse.Namespace, sms: list[int]) -> int:
                         "kernels": len(work.kernels), "compiled": sum(not k["cache_hit"] for k in work.kernels),
                         "modules": len(work.modules), "modules_built": sum(m["built"] for m in work.modules),
                         "new_files": len(work.new_files) + len(own.new_files), "seconds": work.seconds + own.seconds,
-                        "error": work.error, "shapes": [s.name for s in shapes]})
+                        "error": work.error, "shapes": [s.name for s in shapes], "triton_env": work.env})
     ok = all(r["error"] is None and r["probe_error"] is None for r in results)
     if args.json:
         print(report.dumps({"schema": WARM_SCHEMA, "ok": ok, "check": bool(args.check), "cache_dir": str(root),
@@ -107,13 +107,13 @@ def _gpu() -> str | None:
 
 
 def _import_unsloth() -> Check:
-    """`import unsloth` in a fresh process: it refuses without a GPU; the reason is reported."""
+    """`import unsloth` in a fresh process: without a GPU it refuses to load; its reason is reported."""
     proc = subprocess.run([sys.executable, "-c", "import unsloth"], capture_output=True, text=True, timeout=600,
                           check=False)
     if proc.returncode == 0:
         return passed("workload.import_unsloth", "import unsloth works")
-    last = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
-    return last, proc.returncode  # type: ignore[return-value]
+    last = (proc.stderr.strip().splitlines() or ["no message"])[-1][:200]
+    return skipped("workload.import_unsloth", f"refused without a GPU (exit {proc.returncode}): {last}")
 
 
 def workload_main(argv: list[str]) -> int:
@@ -158,11 +158,7 @@ def workload_main(argv: list[str]) -> int:
 
 def _cpu_checks(args: argparse.Namespace, shapes: list[Any], sms: list[int]) -> list[Check]:
     checks: list[Check] = []
-    res = _import_unsloth()
-    if isinstance(res, Check):
-        checks.append(res)
-    else:
-        checks.append(skipped("workload.import_unsloth", f"needs a GPU (exit {res[1]}): {res[0]}"))
+    checks.append(_import_unsloth())
     from probe import unsloth_warm  # noqa: PLC0415
 
     try:
