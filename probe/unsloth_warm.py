@@ -9,8 +9,10 @@ project's stand-in driver (probe.warm) reports the target SM, and torch.cuda's d
 card of that SM. So the launch parameters come from the installed Unsloth, not from a copy of its tables: when
 the pin moves the warm-up follows, and a wrapper or kernel that disappeared fails loudly by name.
 
-`import unsloth` refuses to load without a GPU, so its package `__init__` (and unsloth_zoo's start-up patching)
-is not run: the packages are registered as bare namespace modules and only the kernel modules are imported.
+`import unsloth` with no GPU either refuses or (2026.10.9) sets itself up for the CPU, whose device type changes
+what the kernel modules pick, and it patches transformers and more at start-up: so its package `__init__` (and
+unsloth_zoo's) is not run; the packages are registered as bare modules and only the kernel modules are imported
+under the stand-in card (the `TRITON_*` variables the `__init__`s set are applied, see unsloth_triton_env).
 Host modules (cuda_utils and, on triton <= 3.6, one launcher per kernel signature) are built against the stub
 libcuda as `probe warm` does.
 """
