@@ -33,6 +33,9 @@ def warm_main(args: argparse.Namespace, sms: list[int]) -> int:
     if not args.workload:
         print("probe warm: error: --check and --shapes need --workload unsloth", file=sys.stderr)
         return USAGE_ERROR
+    if len(sms) > 1:  # Unsloth fixes some device facts when its modules are imported: one SM per process
+        print("probe warm: error: --workload takes one SM per run (run it once per SM)", file=sys.stderr)
+        return USAGE_ERROR
     shapes = _shapes_or_exit(args.shapes)
     from probe import warm  # noqa: PLC0415
 

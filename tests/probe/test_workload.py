@@ -78,6 +78,7 @@ def test_bad_shapes_file_exits_2_before_touching_anything(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("args", [["warm", "--sm", "90", "--check"], ["workload", "--steps", "3"],
+                                  ["warm", "--sm", "90,89", "--workload", "unsloth"],
                                   ["workload", "--shape", "no-such-model"], ["warm", "--sm", "90", "--workload", "x"]])
 def test_usage_errors_exit_2(args: list[str]) -> None:
     done = _probe(*args)
