@@ -536,9 +536,9 @@ def _every_row_kept(fl: types.ModuleType) -> Iterator[None]:
 
 
 def _forget_compiled(modules: dict[str, types.ModuleType]) -> None:
-    """Triton keeps compiled kernels in memory per device index, and Unsloth caches device answers (capability,
-    SM count, warps) in functools caches: clear both, so every kernel is looked up in the cache again and
-    another SM in the same process is asked afresh (or the replay after a warm-up)."""
+    """Triton keeps compiled kernels in memory per device index: clear them so every kernel is looked up in
+    the cache again (each shape, or the replay after a warm-up in the same process). Unsloth's own device
+    answers (functools caches, import-time values) stay: hence one SM per process."""
     from triton.runtime.jit import JITFunction  # noqa: PLC0415
 
     loaded = [m for name, m in list(sys.modules.items()) if name.split(".")[0] in ("unsloth", "unsloth_zoo") and m]
@@ -547,8 +547,6 @@ def _forget_compiled(modules: dict[str, types.ModuleType]) -> None:
             fn = value if isinstance(value, JITFunction) else getattr(value, "fn", None)  # Heuristics wrap one
             if isinstance(fn, JITFunction):
                 fn.device_caches.clear()
-            elif callable(getattr(value, "cache_clear", None)) and hasattr(value, "cache_info"):
-                value.cache_clear()  # a functools.lru_cache / cache
 
 
 def _versions() -> tuple[str | None, str | None]:
