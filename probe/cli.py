@@ -22,7 +22,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _report_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m probe", description="Detect the GPU stack, decide settings, verify it. "
-                "Subcommands: `smoke` (training suite), `warm` (Triton cache), `select` (which image to pull).")
+                "Subcommands: `smoke` (training suite), `warm` (Triton cache), `workload` (Unsloth QLoRA), "
+                "`select` (which image to pull).")
     p.add_argument("--json", action="store_true", help="print the versioned JSON document instead of the report")
     p.add_argument("--expect", action="append", default=[], metavar="KEY=VALUE",
                    help=f"declared identity to assert ({', '.join(expect.KEYS)}); also PROBE_EXPECT_<KEY>")
@@ -44,6 +45,11 @@ def _warm_parser() -> argparse.ArgumentParser:
     p.add_argument("--sm", required=True, help="SM list: 90 or 9.0 or 90,89")
     p.add_argument("--cache-dir", help="cache directory (default: $TRITON_CACHE_DIR, else ~/.triton/cache)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--workload", choices=["unsloth"], help="also compile the Triton kernels the installed Unsloth "
+                   "launches for the declared model shapes (docs/probe.md, 'Warming for Unsloth')")
+    p.add_argument("--shapes", help="model shapes file for --workload (default: probe/workload_shapes.json)")
+    p.add_argument("--check", action="store_true", help="with --workload: replay against the existing cache; "
+                   "every kernel and module must be a cache hit and nothing written (exit 1 otherwise)")
     return p
 
 
@@ -65,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             return _smoke(_smoke_parser().parse_args(argv[1:]))
         if argv and argv[0] == "warm":
             return _warm(_warm_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "workload":  # Unsloth QLoRA as the gate's workload (probe/workload_cli.py)
+            from probe.workload_cli import workload_main  # noqa: PLC0415
+
+            return workload_main(argv[1:])
         if argv and argv[0] == "select":  # which image to pull on this machine (probe/select.py)
             from probe.select import main as select_main  # noqa: PLC0415
 
@@ -123,6 +133,10 @@ def _smoke(args: argparse.Namespace) -> int:
 
 def _warm(args: argparse.Namespace) -> int:
     sms = parse_sms(args.sm)
+    if args.workload or args.check or args.shapes:
+        from probe.workload_cli import warm_main  # noqa: PLC0415
+
+        return warm_main(args, sms)
     from probe import warm  # noqa: PLC0415
 
     root = warm.cache_dir(args.cache_dir)
