@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any, Callable
 
 from probe.results import Check, Detection, failed, one_line, passed, skipped, warned
+from probe.expect import declares_warm_cache
 
 NF4_VS_DEQUANT_BOUND = 0.02  # relative error, bnb's nf4 matmul vs fp32 matmul of the dequantized weight
 NF4_VS_ORIGINAL_BOUND = 0.15  # relative error vs the unquantized weight (nf4 itself loses ~10%)
@@ -227,7 +228,7 @@ def triton_kernel(det: Detection) -> Check:
 
 def warm_cache(det: Detection, expected: dict[str, str]) -> Check | None:
     """Only when the image declares a warm cache (PROBE_EXPECT_WARM_CACHE=1)."""
-    if expected.get("warm_cache", "0").lower() not in ("1", "true", "yes"):
+    if not declares_warm_cache(expected):
         return None
     name = "triton.warm_cache"
     if det.packages.get("triton") is None:
