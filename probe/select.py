@@ -371,6 +371,9 @@ def _read_json(response, what: str) -> object:
     body = response.read(MAX_ANSWER + 1)
     if len(body) > MAX_ANSWER:
         raise SelectError(f"{what}: answer larger than {MAX_ANSWER // 2**20} MiB")
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit() and len(body) != int(length):
+        raise SelectError(f"{what}: broken HTTP answer (cut short at {len(body)} of {length} bytes)")
     try:
         return json.loads(body)
     except (ValueError, RecursionError):

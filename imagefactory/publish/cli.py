@@ -11,12 +11,11 @@ Every failure is one `error: â€¦` line and a non-zero exit code (ReleaseError â†
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from imagefactory.publish.push import REPORTS_DIR, GateReport, default_release, publish, release_tags, summary_markdown, write_release_record
+from imagefactory.publish.push import REPORTS_DIR, GateReport, default_release, publish, read_release_record, release_tags, summary_markdown, write_release_record
 from imagefactory.publish.docs import DOCS_REPO, drift, generate, write
 from imagefactory.publish.errors import ReleaseError
 from imagefactory.publish.registry import Registry, RepoRef
@@ -65,12 +64,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    records = []
-    for path in args.records:
-        try:
-            records.append(json.loads(Path(path).read_text()))
-        except (OSError, ValueError) as error:
-            raise ReleaseError(f"{path}: unreadable release record ({error})") from None
+    records = [read_release_record(Path(path)) for path in args.records]
     sys.stdout.write(summary_markdown(records))
     return 0
 

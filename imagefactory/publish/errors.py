@@ -7,3 +7,9 @@ from imagefactory.errors import PushFailedError
 
 class ReleaseError(PushFailedError):
     """A push, tag, registry or docs step that cannot go on; the message is the whole one-line error."""
+
+
+class PublishUsageError(ReleaseError):
+    """Bad input to push/docs/summary (a --registry, --repo or record that cannot be right): exit 2."""
+
+    exit_code = 2

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from imagefactory.plan.model import Target, immutable_tag
-from imagefactory.publish.errors import ReleaseError
+from imagefactory.publish.errors import PublishUsageError, ReleaseError
 from imagefactory.publish.registry import Registry, RepoRef
 
 GATE_LABEL = "io.imagefactory.build.gate"
@@ -211,6 +211,37 @@ def write_release_record(result: PushResult, target_id: str, reports_dir: Path =
     temporary.write_text(json.dumps(result.as_json(), indent=2) + "\n")
     temporary.replace(path)  # never a half-written record
     return path
+
+
+# A published reference in a release record: `host[:port]/name:tag`; nothing that could break a markdown
+# table cell or a line (`|`, backticks, newlines).
+RECORD_REF = re.compile(r"[a-z0-9][a-z0-9.:-]*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", re.ASCII)
+RECORD_DIGEST = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+MAX_RECORD = 1024 * 1024
+
+
+def read_release_record(path: Path) -> dict[str, object]:
+    """One reports/<target>/release.json, every field the summary prints checked; else one line, exit 2."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_RECORD + 1)
+        if len(raw) > MAX_RECORD:
+            raise PublishUsageError(f"{path}: larger than {MAX_RECORD // 1024} KiB; not a release record")
+        data = json.loads(raw)
+    except OSError as error:
+        raise PublishUsageError(f"{path}: unreadable release record ({error.strerror or error})") from None
+    except (ValueError, RecursionError):
+        raise PublishUsageError(f"{path}: unreadable release record (not JSON)") from None
+    if not isinstance(data, dict):
+        raise PublishUsageError(f"{path}: a release record is a JSON object, got {type(data).__name__}")
+    immutable, digest, floating = data.get("immutable"), data.get("digest"), data.get("floating")
+    if not isinstance(immutable, str) or not RECORD_REF.fullmatch(immutable):
+        raise PublishUsageError(f"{path}: 'immutable' must be an image reference like host/name:tag, got {json.dumps(immutable)[:80]}")
+    if not isinstance(digest, str) or not RECORD_DIGEST.fullmatch(digest):
+        raise PublishUsageError(f"{path}: 'digest' must be sha256:<64 hex>, got {json.dumps(digest)[:80]}")
+    if not isinstance(floating, list) or not all(isinstance(ref, str) and RECORD_REF.fullmatch(ref) for ref in floating):
+        raise PublishUsageError(f"{path}: 'floating' must be a list of image references, got {json.dumps(floating)[:80]}")
+    return data
 
 
 def summary_markdown(records: Sequence[dict[str, object]]) -> str:
