@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -122,13 +124,34 @@ def detect(explicit: str | None = None) -> DockerClient:
 # ---- operations -------------------------------------------------------------------------------
 
 
+# What `--image` and report files may name: a full or short image ID, or a reference `name[:tag][@digest]`.
+# Never anything docker would read as an option (`--help`), never whitespace (fullmatch, ASCII).
+IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+IMAGE_REF = re.compile(
+    r"(?:sha256:)?[0-9a-f]{12,64}"
+    r"|[a-z0-9][a-z0-9._-]*(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(?:@sha256:[0-9a-f]{64})?", re.ASCII)
+
+
+def check_image_ref(text: str, what: str = "--image") -> str:
+    """The reference as given, or UsageError (exit 2) naming the argument."""
+    from imagefactory.errors import UsageError  # noqa: PLC0415 - errors imports nothing from here
+
+    if not isinstance(text, str) or len(text) > 512 or not IMAGE_REF.fullmatch(text):
+        raise UsageError(f"{what} {str(text)[:80]!r}: not an image ID or reference (sha256:<hex>, name[:tag])")
+    return text
+
+
 def image_inspect(client: DockerClient, ref: str) -> dict | None:
-    """`docker image inspect` as a dict, or None when there is no such local image."""
-    done = run(client.argv("image", "inspect", ref), capture=True, check=False, quiet_echo=True)
+    """`docker image inspect` as a dict, or None when there is no such local image (or an answer that is not one)."""
+    done = run(client.argv("image", "inspect", "--", ref), capture=True, check=False, quiet_echo=True)
     if not done.ok:
         return None
-    data = json.loads(done.stdout)
-    return data[0] if data else None
+    try:
+        data = json.loads(done.stdout)
+    except ValueError:
+        return None
+    return data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else None
 
 
 def image_exists(client: DockerClient, ref: str) -> bool:
@@ -200,7 +223,7 @@ def run_container(
 
 def tag(client: DockerClient, image_id: str, ref: str) -> None:
     try:
-        run(client.argv("tag", image_id, ref))
+        run(client.argv("tag", "--", image_id, ref))
     except CommandError as error:
         raise DockerCommandError(f"tagging {ref}: {error.message}") from None
 
@@ -240,3 +263,40 @@ def gpu_run_args(vendor: str) -> tuple[str, ...]:
     if vendor == "amd":
         return ("--device", "/dev/kfd", "--device", "/dev/dri", "--group-add", "video")
     return ("--gpus", "all")
+
+
+def dockerfile_label(key: str, value: str) -> str:
+    """One `key="value"` pair of a LABEL instruction: quoted by the Dockerfile rules (backslash, quote and `$`, which the
+    builder would substitute, escaped); a newline cannot be in a label line and is refused."""
+    if "\n" in value or "\r" in value or not re.fullmatch(r"[a-z0-9.-]+", key):
+        raise DockerCommandError(f"label {key!r}: a key of [a-z0-9.-] and a one-line value only")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'{key}="{escaped}"'
+
+
+def label_child(client: DockerClient, parent_id: str, labels: Mapping[str, str]) -> str:
+    """A child `FROM <parent id>` whose only change is labels (no layer, nothing pulled); returns its ID.
+    The labels travel in the Dockerfile, not on the command line (a large value would exceed ARG_MAX).
+    Classic builder: it takes `FROM <image id>` from the local store, BuildKit would look in a registry."""
+    if not IMAGE_ID.fullmatch(parent_id):
+        raise DockerCommandError(f"label child: {parent_id[:80]!r} is not a full image ID")
+    with tempfile.TemporaryDirectory(prefix="imagefactory-label-") as context:
+        pairs = " \\\n    ".join(dockerfile_label(key, value) for key, value in labels.items())
+        (Path(context) / "Dockerfile").write_text(f"FROM {parent_id}\nLABEL {pairs}\n")  # one instruction: one image
+        iidfile = Path(context) / "iid"
+        try:
+            run(client.argv("build", "-q", "--network", "none", "--iidfile", str(iidfile), context),
+                env={"DOCKER_BUILDKIT": "0"}, capture=True)
+        except CommandError as error:
+            raise DockerCommandError(f"labelling {parent_id[:19]}: {error.message}") from None
+        image_id = iidfile.read_text().strip() if iidfile.exists() else ""
+    if not IMAGE_ID.fullmatch(image_id):
+        raise DockerCommandError(f"labelling {parent_id[:19]}: docker build wrote no image ID")
+    return image_id
+
+
+def refs_labelled(client: DockerClient, key: str, value: str) -> list[str]:
+    """`repo:tag` names of the local images whose label `key` is `value`."""
+    done = run(client.argv("image", "ls", "--no-trunc", "--filter", f"label={key}={value}", "--format", "{{.Repository}}:{{.Tag}}"),
+               capture=True, check=False, quiet_echo=True)
+    return [line for line in done.stdout.split() if "<none>" not in line] if done.ok else []

@@ -55,7 +55,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     repo = RepoRef.parse(args.registry)
     tags = release_tags(target, args.release or default_release())
     report = GateReport.read(args.reports_dir / target.id / "gate.json")
-    result = publish(tags, report, target.id, repo, CliDocker(), Registry(repo), say=lambda m: print(m, flush=True),
+    result = publish(tags, report, target, repo, CliDocker(), Registry(repo), say=lambda m: print(m, flush=True),
                      allow_cpu_gate=args.allow_cpu_gate)
     record = write_release_record(result, target.id, args.reports_dir)
     verb = "already published" if result.already_there else "published"

@@ -1,4 +1,4 @@
-"""The Docker operations publishing needs (imagefactory.release.DockerOps), through imagefactory.run."""
+"""The Docker operations publishing needs (imagefactory.publish.push.DockerOps), through imagefactory.run."""
 
 from __future__ import annotations
 
@@ -58,22 +58,8 @@ class CliDocker:
         except CommandError as error:
             raise ReleaseError(f"{action} failed: {error.message}") from None
 
-    def image_labels(self, ref: str) -> dict[str, str] | None:
-        return docker.image_labels(self.docker, ref)
-
-    def label_child(self, parent_id: str, labels: dict[str, str], tag: str) -> str:
-        """`FROM <parent>` plus labels; classic builder: it resolves a local image ID offline and adds no layer."""
-        with tempfile.TemporaryDirectory(prefix="imagefactory-release-") as context:
-            (Path(context) / "Dockerfile").write_text(f"FROM {parent_id}\n")
-            label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
-            try:
-                # DOCKER_BUILDKIT=0: the classic builder takes `FROM <image id>` from the local store;
-                # BuildKit would try to resolve it as a registry name.
-                done = run(self.docker.argv("build", "-q", "--network", "none", *label_args, "-t", tag, context),
-                           env={"DOCKER_BUILDKIT": "0"}, capture=True)
-            except CommandError as error:
-                raise ReleaseError(f"labelling {parent_id[:19]} as {tag} failed: {error.message}") from None
-        return done.stdout.strip().splitlines()[-1]
+    def inspect(self, ref: str) -> dict | None:
+        return docker.image_inspect(self.docker, ref)
 
     def tag(self, source: str, target: str) -> None:
         try:
