@@ -170,6 +170,17 @@ def image_size(client: DockerClient, ref: str) -> int | None:
     return int(info["Size"]) if info and "Size" in info else None
 
 
+def secret_spec(key: str, path: Path) -> str:
+    """`id=KEY,src=PATH` for --secret, which Docker parses as one CSV record: a field holding a comma or a
+    quote is quoted by the CSV rules (doubled quotes) so that the path stays whole."""
+    source = f"src={path}"
+    if "\n" in source or "\r" in source:
+        raise DockerCommandError(f"secret {key}: a path with a line break cannot be passed to BuildKit: {str(path)!r}")
+    if "," in source or '"' in source:
+        source = '"' + source.replace('"', '""') + '"'
+    return f"id={key},{source}"
+
+
 def build(
     client: DockerClient,
     *,
@@ -189,7 +200,7 @@ def build(
     for key, value in build_args.items():
         argv += ["--build-arg", f"{key}={value}"]
     for key, path in secrets.items():
-        argv += ["--secret", f"id={key},src={path}"]
+        argv += ["--secret", secret_spec(key, path)]
     for key, value in (labels or {}).items():
         argv += ["--label", f"{key}={value}"]
     argv.append(str(context))

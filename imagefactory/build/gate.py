@@ -31,6 +31,7 @@ from imagefactory.build.docker import (
     tag,
     untag,
 )
+from imagefactory.build.locks import target_lock
 from imagefactory.errors import GateFailedError, UsageError
 from imagefactory.plan.model import Target, immutable_tag
 from imagefactory.publish.push import GATE_IMAGE_LABEL, identity_problems, release_tags, seal_labels
@@ -164,6 +165,12 @@ def gate_image(
     imagefactory.publish.push) and tag the seal. Never raises for a failing image: the result says what
     failed (the caller decides the exit code). An image labelled for another target is a UsageError."""
     image_id = candidate_for(client, target, image_id)
+    with target_lock(reports_dir, target.id):  # one build or gate of a target at a time
+        return _gate(client, target, image_id, release=release, require_gpu=require_gpu, reports_dir=reports_dir, gpus=gpus)
+
+
+def _gate(client: DockerClient, target: Target, image_id: str, *, release: str, require_gpu: bool, reports_dir: Path,
+          gpus: bool | None) -> GateResult:
     out_dir = reports_dir / target.id
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("gate.json", "probe.json", "probe.out", "smoke.json", "smoke.out"):

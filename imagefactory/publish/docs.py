@@ -301,7 +301,7 @@ def write(files: Mapping[Path, str], docs_dir: Path = Path("docs")) -> list[Path
     written, and only files this generator made are removed."""
     outside = [path for path in sorted(files) if not _inside(path, docs_dir)]
     if outside:
-        raise ReleaseError(f"{outside[0]}: a symbolic link leads out of {docs_dir}; remove it (nothing written)")
+        raise PublishUsageError(f"{outside[0]}: a symbolic link leads out of {docs_dir}; remove it (nothing written)")
     changed = []
     for path, text in sorted(files.items()):
         if _read(path) == text:
