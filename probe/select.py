@@ -201,6 +201,7 @@ DRIVER_VALUE = re.compile(r"[1-9][0-9]{0,3}(?:\.[0-9]{1,4}){0,3}", re.ASCII)  # 
 VERSION_VALUE = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,4}){1,3}", re.ASCII)  # CUDA 13.0, torch 2.14.1
 FLOOR_VALUE = re.compile(r"[1-9][0-9]{1,3}", re.ASCII)  # a driver branch: 580
 ID_VALUE = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?", re.ASCII)  # a tag-safe target id
+TAG_VALUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", re.ASCII)  # an OCI tag (releases may hold capitals)
 EXAMPLES = {"sm": "9.0", "driver floor": "580", "torch": "2.14.1", "CUDA version": "13.0"}
 MAX_TAGS_FILE = 16 * 1024 * 1024  # the committed file is ~30 KB; more is not a tags file
 
@@ -254,7 +255,7 @@ def candidate_from_record(entry: object, where: str) -> Candidate:
     tags_value = _pick(entry, "tags")
     if tags_value is not None and not isinstance(tags_value, list):
         raise SelectError(f"{where}: 'tags' must be a list of strings, got {json.dumps(tags_value)[:60]}")
-    tags = [_text(tag, ID_VALUE, "tag", where) for tag in (tags_value or ())]
+    tags = [_text(tag, TAG_VALUE, "tag", where) for tag in (tags_value or ())]
     foreign = [tag for tag in tags if not _belongs(tag, target_id)]
     if foreign:
         raise SelectError(f"{where}: tag {foreign[0]!r} is not a tag of {target_id} (want {target_id}, "

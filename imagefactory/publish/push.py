@@ -277,6 +277,7 @@ def write_release_record(result: PushResult, target_id: str, reports_dir: Path =
     path = reports_dir / target_id / "release.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".json.tmp")
+    temporary.unlink(missing_ok=True)  # a link planted there is removed, not written through
     temporary.write_text(json.dumps(result.as_json(), indent=2) + "\n")
     temporary.replace(path)  # never a half-written record
     return path
