@@ -145,7 +145,12 @@ def candidate_for(client: DockerClient, target: Target, image: str) -> str:
     info = image_inspect(client, image)
     if info is None or not IMAGE_ID.fullmatch(str(info.get("Id", ""))):
         raise UsageError(f"{target.id}: no image {image} in the local store; build it first (nox -s build-{target.id})")
-    problems = identity_problems(target, (info.get("Config") or {}).get("Labels"))
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    sealed_from = image_inspect(client, labels[GATE_IMAGE_LABEL]) if IMAGE_ID.fullmatch(str(labels.get(GATE_IMAGE_LABEL, ""))) else None
+    if sealed_from is not None and (sealed_from.get("RootFS") or {}).get("Layers") == (info.get("RootFS") or {}).get("Layers"):
+        echo(f"gate {target.id}: {image[:40]} is a seal of {sealed_from['Id'][:19]}: gating that image (seals are not stacked)")
+        info, labels = sealed_from, (sealed_from.get("Config") or {}).get("Labels") or {}
+    problems = identity_problems(target, labels)
     if problems:
         raise UsageError(f"{target.id}: image {image[:40]} is not a {target.id} image: {'; '.join(problems)}")
     return str(info["Id"])

@@ -263,3 +263,21 @@ def test_gate_hands_an_amd_target_rocm_device_nodes_not_nvidia_gpus(fake_docker,
     assert result.mode == "gpu"
     assert "--device /dev/kfd --device /dev/dri --group-add video" in run_call
     assert "--gpus" not in run_call
+
+
+def test_regating_a_seal_gates_its_candidate(fake_docker, hopper, tmp_path):
+    """`gate --image imagefactory:hopper-cu130` names the seal: the candidate it seals is gated again."""
+    from imagefactory.publish.push import GATE_IMAGE_LABEL  # noqa: PLC0415
+
+    layers = {"Layers": ["sha256:" + "1" * 64]}
+    seal = json.dumps([{"Id": SEALED, "Config": {"Labels": {**HOPPER_LABELS, GATE_IMAGE_LABEL: IMAGE}}, "RootFS": layers}])
+    candidate = json.dumps([{"Id": IMAGE, "Config": {"Labels": HOPPER_LABELS}, "RootFS": layers}])
+    client = DockerClient(str(fake_docker(
+        f"*probe\\ smoke*|*probe\\ --json*) echo '{probe_report('pass')}' ;;\n"
+        f"image\\ inspect\\ --\\ {IMAGE}) echo '{candidate}' ;;\n"
+        f"image\\ inspect\\ *) echo '{seal}' ;;\n"
+        f'build\\ -q*) echo {"sha256:" + "ef" * 32} > "$6" ;;\n'
+        "tag\\ *) exit 0 ;;")), "classic", "20.10.24")
+    result = gate_image(client, hopper, "imagefactory:hopper-cu130", release="r1", reports_dir=tmp_path, gpus=False)
+    assert result.passed and result.image_id == IMAGE
+    assert all(IMAGE in c for c in fake_docker.log.read_text().splitlines() if c.startswith("run"))

@@ -70,8 +70,12 @@ def test_gate_passed_and_tagged_the_image(built, client):
     assert built.returncode == 0, built.output[-3000:]
     gate = json.loads((REPO_ROOT / "reports" / TARGET / "gate.json").read_text())
     assert gate["result"] == "passed" and gate["image_id"] == built.image_id
+    sealed = image_inspect(client, gate["sealed_image"])  # the tags go on the seal: same layers, gate labels added
+    assert sealed["Config"]["Labels"]["io.imagefactory.gate.image"] == built.image_id
+    assert sealed["Config"]["Labels"]["io.imagefactory.gate"] == "passed"
+    assert sealed["RootFS"]["Layers"] == image_inspect(client, built.image_id)["RootFS"]["Layers"]
     for ref in (f"imagefactory:{TARGET}", f"imagefactory:{TARGET}-latest", f"imagefactory:{TARGET}-torch2.14.1-{RELEASE}"):
-        assert image_inspect(client, ref)["Id"] == built.image_id, ref
+        assert image_inspect(client, ref)["Id"] == gate["sealed_image"], ref
 
 
 def test_build_says_where_bitsandbytes_came_from(built, config):
