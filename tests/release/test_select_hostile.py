@@ -153,3 +153,32 @@ def test_a_server_that_does_not_speak_http(capsys) -> None:
 def test_bad_repo_names_are_usage_errors(capsys, repo: str) -> None:
     code, err, _ = run_select(capsys, "--repo", repo, "--gpu-sm", "9.0", "--driver", "580.65")
     assert code == 2 and len(err) == 1
+
+
+# ---- any JSON in any field: a decision (0/1) or one error line (2), never an exception -------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    | st.sampled_from(["9.0", "13.0", "580", "2.14.1", "hopper-cu130", "hopper-cu130-torch2.14.1-1", "cuda", "nvidia", "\n", "$(x)"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["version", "kind", "driver_floor", "vendor"]), inner, max_size=3),
+    max_leaves=12,
+)
+FIELDS = ["id", "sms", "toolkit", "cuda", "driver_floor", "torch", "tags", "vendor", "arch"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=6))
+def test_any_record_is_a_decision_or_one_line(tmp_path_factory, capsys, changes) -> None:
+    tags_file = tmp_path_factory.mktemp("tags") / "tags.json"
+    tags_file.write_text(json.dumps({"targets": [{**GOOD, **changes}]}))
+    code = main(["--tags-file", str(tags_file), "--gpu-sm", "9.0", "--driver", "580.65"])
+    captured = capsys.readouterr()
+    assert code in (0, 1, 2)
+    if code == 2:
+        assert len(captured.err.strip().splitlines()) == 1 and captured.out == ""
+    if code == 0:  # a pick only from a record whose every field is well-formed
+        record = {**GOOD, **changes}
+        assert isinstance(record.get("id"), str) and captured.out.startswith(record["id"])
