@@ -65,11 +65,11 @@ def release_tags(target: Target, release: str) -> ReleaseTags:
     immutable_tag), floating `hopper-cu130`, `hopper-cu130-latest` (Target.tags). The gate tags
     locally with these names and push publishes them; probe/select.py parses exactly these shapes."""
     if not RELEASE_PATTERN.fullmatch(release):
-        raise ReleaseError(f"release {release!r}: use letters, digits, '.' or '_' (e.g. 20261127 or 1.2.0)")
+        raise PublishUsageError(f"release {release!r}: use letters, digits, '.' or '_' (e.g. 20261127 or 1.2.0)")
     if release.lower() == "latest":
         # `<id>-torch<v>-latest` would be an immutable tag that reads as a floating one (and does so to
         # probe select, which treats a trailing -latest as floating).
-        raise ReleaseError(f"release {release!r}: 'latest' is a floating name; immutable tags need a version or date")
+        raise PublishUsageError(f"release {release!r}: 'latest' is a floating name; immutable tags need a version or date")
     return ReleaseTags(immutable_tag(target, release), tuple(target.tags))
 
 

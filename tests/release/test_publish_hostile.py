@@ -214,3 +214,9 @@ def test_docs_cli_with_a_link_is_one_line_not_exit_70(tmp_path: Path) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert [line for line in done.stderr.splitlines() if line.startswith("error:")] and len(done.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("release", ["$(x)", "a b", "latest", "../x", "x\n"])
+def test_bad_release_is_exit_2(tmp_path: Path, capsys, release: str) -> None:
+    assert cli_main(["push", "hopper-cu130", "--registry", "127.0.0.1:5000/x", "--release", release, "--reports-dir", str(tmp_path)]) == 2
+    assert one_error(capsys).startswith("error: release")
