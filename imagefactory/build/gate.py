@@ -152,7 +152,7 @@ def candidate_for(client: DockerClient, target: Target, image: str) -> str:
         info, labels = sealed_from, (sealed_from.get("Config") or {}).get("Labels") or {}
     problems = identity_problems(target, labels)
     if problems:
-        raise UsageError(f"{target.id}: image {image[:40]} is not a {target.id} image: {'; '.join(problems)}")
+        raise UsageError(f"{target.id}: image {image[:40]} is not an image of {target.id}: {'; '.join(problems)}")
     return str(info["Id"])
 
 

@@ -161,7 +161,7 @@ def verify_seal(target: Target, sealed_id: str, docker: DockerOps) -> Sealed:
     for name, image in (("gated", candidate), ("sealed", info)):
         problems = identity_problems(target, _labels(image))
         if problems:
-            raise ReleaseError(f"{target.id}: {name} image {str(image.get('Id'))[:19]} is not a {target.id} image: {problems[0]}")
+            raise ReleaseError(f"{target.id}: {name} image {str(image.get('Id'))[:19]} is not an image of {target.id}: {problems[0]}")
     if not _layers(info) or _layers(info) != _layers(candidate):
         raise ReleaseError(f"{target.id}: sealed image {short} holds other layers than the gated image {candidate_id[:19]}")
     return Sealed(sealed_id, candidate_id, labels.get(GATE_MODE_LABEL, "unknown"), labels)

@@ -181,7 +181,7 @@ def test_refuses_what_the_gate_did_not_seal(tmp_path: Path, repo: RepoRef) -> No
         GateReport.read(forged)
 
     ampere = tiny_image(tmp_path, "amp", target_id="ampere-cu130")
-    with pytest.raises(ReleaseError, match="is not a hopper-cu130 image: io.imagefactory.target='ampere-cu130'"):
+    with pytest.raises(ReleaseError, match="is not an image of hopper-cu130: io.imagefactory.target='ampere-cu130'"):
         push(tmp_path, repo, ampere, "1")
 
     # labels copied onto other content: a seal's labels on a one-file image that is not the candidate
