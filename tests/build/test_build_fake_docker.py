@@ -144,7 +144,7 @@ def test_gate_refuses_an_image_labelled_for_another_target(fake_docker, hopper, 
     ampere = resolve_target(matrix, "ampere-cu130")
     labels = {**HOPPER_LABELS, key: ampere.labels[key] if ampere.labels[key] != HOPPER_LABELS[key] else "other"}
     client = gate_docker(fake_docker, "pass", labels=labels)
-    with pytest.raises(UsageError, match=f"not a hopper-cu130 image: {key}=") as info:
+    with pytest.raises(UsageError, match=f"not an image of hopper-cu130: {key}=") as info:
         gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path, gpus=False)
     assert info.value.exit_code == 2
     calls = fake_docker.log.read_text().splitlines()
