@@ -281,3 +281,18 @@ def test_regating_a_seal_gates_its_candidate(fake_docker, hopper, tmp_path):
     result = gate_image(client, hopper, "imagefactory:hopper-cu130", release="r1", reports_dir=tmp_path, gpus=False)
     assert result.passed and result.image_id == IMAGE
     assert all(IMAGE in c for c in fake_docker.log.read_text().splitlines() if c.startswith("run"))
+
+
+def test_failed_regate_removes_the_tags_on_earlier_seals(fake_docker, hopper, tmp_path):
+    """An earlier pass put the tags on a seal of this candidate: a failed re-gate removes those too."""
+    on_seal = ("imagefactory:hopper-cu130", "imagefactory:hopper-cu130-torch2.14.1-r0", "elsewhere:hopper-cu130")
+    candidate = inspect_answer(HOPPER_LABELS)
+    client = DockerClient(str(fake_docker(
+        f"*probe\\ --json*) echo '{probe_report('fail')}'; exit 1 ;;\n"
+        f"image\\ inspect\\ *) echo '{candidate}' ;;\n"
+        f"image\\ ls\\ *label=io.imagefactory.gate.image={IMAGE}*) printf '%s\\n' {' '.join(on_seal)} ;;\n"
+        "image\\ rm\\ *) exit 0 ;;")), "classic", "20.10.24")
+    result = gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path, gpus=False)
+    assert not result.passed
+    removed = [c for c in fake_docker.log.read_text().splitlines() if c.startswith("image rm")]
+    assert removed == [f"image rm --no-prune {ref}" for ref in on_seal[:2]]
