@@ -34,7 +34,8 @@ from imagefactory.build.docker import (
 from imagefactory.build.locks import target_lock
 from imagefactory.errors import GateFailedError, UsageError
 from imagefactory.plan.model import Target, immutable_tag
-from imagefactory.publish.push import GATE_IMAGE_LABEL, identity_problems, release_tags, seal_labels
+from imagefactory.build.seal import GATE_IMAGE_LABEL, identity_problems, seal_labels
+from imagefactory.publish.push import release_tags
 from imagefactory.run import CommandError, echo
 
 REPORTS_DIR = Path("reports")

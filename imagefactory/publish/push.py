@@ -27,23 +27,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from imagefactory.build.seal import (  # noqa: F401 - the label names are part of this module's story
+    GATE_IMAGE_LABEL,
+    GATE_LABEL,
+    GATE_MODE_LABEL,
+    GATE_REPORT_LABEL,
+    GATE_TARGET_LABEL,
+    IDENTITY_LABELS,
+    IMAGE_ID,
+    identity_problems,
+    seal_labels,
+)
 from imagefactory.plan.model import Target, immutable_tag
 from imagefactory.publish.errors import PublishUsageError, ReleaseError
 from imagefactory.publish.registry import Registry, RepoRef
 
-GATE_LABEL = "io.imagefactory.gate"  # "passed": written by the gate on the sealed child only
-GATE_IMAGE_LABEL = "io.imagefactory.gate.image"  # the candidate image ID the gate tested
-GATE_TARGET_LABEL = "io.imagefactory.gate.target"
-GATE_MODE_LABEL = "io.imagefactory.gate.mode"  # gpu | cpu
-GATE_REPORT_LABEL = "io.imagefactory.gate.report"  # the gate's result, compact JSON
-# The labels a build writes that say what an image is for (imagefactory.plan.expand); the gate and push
-# compare them with the target.
-IDENTITY_LABELS = ("io.imagefactory.target", "io.imagefactory.sm", "io.imagefactory.toolkit", "io.imagefactory.torch")
-IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
-MAX_GATE_REPORT = 1024 * 1024  # a gate.json is ~2 KB; a bigger file is refused rather than read
-MAX_REPORT_LABEL = 32 * 1024
 SBOM_LABEL = "io.imagefactory.sbom"
 SBOM_PATH = "/opt/imagefactory/sbom.cdx.json"
+MAX_GATE_REPORT = 1024 * 1024  # a gate.json is ~2 KB; a bigger file is refused rather than read
 
 RELEASE_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z._]{0,40}")
 REPORTS_DIR = Path("reports")
@@ -71,23 +72,6 @@ def release_tags(target: Target, release: str) -> ReleaseTags:
         # probe select, which treats a trailing -latest as floating).
         raise PublishUsageError(f"release {release!r}: 'latest' is a floating name; immutable tags need a version or date")
     return ReleaseTags(immutable_tag(target, release), tuple(target.tags))
-
-
-def identity_problems(target: Target, labels: dict[str, str] | None) -> list[str]:
-    """How an image's identity labels differ from the target's (empty: it is this target's image)."""
-    labels = labels or {}
-    return [f"{key}={labels.get(key, '(none)')!r}, want {target.labels[key]!r}"
-            for key in IDENTITY_LABELS if labels.get(key) != target.labels.get(key)]
-
-
-def seal_labels(target: Target, candidate_id: str, mode: str, report: dict[str, object]) -> dict[str, str]:
-    """The labels the gate writes on the sealed child of a candidate that passed."""
-    compact = json.dumps(report, separators=(",", ":"), sort_keys=True)
-    if len(compact) > MAX_REPORT_LABEL:  # the whole report stays in reports/<target>/gate.json
-        compact = json.dumps({key: report.get(key) for key in ("target", "image_id", "mode", "result", "finished")},
-                             separators=(",", ":"), sort_keys=True)
-    return {GATE_LABEL: "passed", GATE_IMAGE_LABEL: candidate_id, GATE_TARGET_LABEL: target.id,
-            GATE_MODE_LABEL: mode, GATE_REPORT_LABEL: compact}
 
 
 @dataclass(frozen=True)
