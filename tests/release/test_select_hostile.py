@@ -182,3 +182,19 @@ def test_any_record_is_a_decision_or_one_line(tmp_path_factory, capsys, changes)
     if code == 0:  # a pick only from a record whose every field is well-formed
         record = {**GOOD, **changes}
         assert isinstance(record.get("id"), str) and captured.out.startswith(record["id"])
+
+
+TAG_PARTS = st.sampled_from(["hopper", "ampere", "cdna3", "cu130", "cu128", "rocm6.2", "torch2.14.1", "torch٢.١", "latest",
+                             "20261201", "-", "", "x", ".", "nvidia", "fp16", "torch", "9"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(TAG_PARTS, max_size=6).map("-".join) | st.text(max_size=30), max_size=12))
+def test_any_registry_tag_list_is_a_decision(tags) -> None:
+    """A registry may list anything; the choice over it is a Choice or a Refusal, never an exception."""
+    from probe.select import Choice, Refusal, candidates_from_tags, choose  # noqa: PLC0415
+
+    decision = choose(candidates_from_tags(tags), "9.0", "580.65")
+    assert isinstance(decision, (Choice, Refusal))
+    if isinstance(decision, Choice):
+        assert decision.candidate.best_tag in tags or decision.candidate.best_tag == decision.candidate.target_id
