@@ -223,7 +223,7 @@ def test_release_record_and_summary(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["imagefactory", "127.0.0.1:5000", "ghcr.io/Org/Images"])
 def test_registry_argument_is_checked(text: str) -> None:
-    with pytest.raises(PushFailedError, match="--registry"):
+    with pytest.raises(UsageError, match="--registry"):
         RepoRef.parse(text)
 
 
