@@ -120,13 +120,19 @@ def choose_fp8(hw: Hardware) -> Choice:
                   else "no GPU")
 
 
+MAX_MODEL_PARAMS = 1e15  # a thousand times the largest models trained today; beyond it the plan means nothing
+
+
 def parse_model_size(text: str) -> int:
     """'8b', '0.5B', '125m', '7e9' or a plain count -> number of parameters."""
     found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmbt]?)\s*", text.lower())
     if not found:
         raise ValueError(f"not a model size: {text!r} (use e.g. 8b, 500m or 8000000000)")
     scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[found.group(2)]
-    params = int(float(found.group(1)) * scale)
+    value = float(found.group(1)) * scale
+    if not math.isfinite(value) or value > MAX_MODEL_PARAMS:  # 1e309 is inf: int() would overflow
+        raise ValueError(f"model size {text!r} is beyond {MAX_MODEL_PARAMS:.0e} parameters")
+    params = int(value)
     if params <= 0:
         raise ValueError(f"model size must be positive: {text!r}")
     return params

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 from probe.results import Check, Detection, failed, passed, skipped
@@ -12,6 +13,10 @@ KEYS = ("target", "vendor", "sm", "cuda", "torch", "triton", "bitsandbytes", "py
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "fp32": "float32", "float32": "float32"}
 ENV_PREFIX = "PROBE_EXPECT_"
+BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+# The toolkit part of a target id (`hopper-cu130`, `cdna3-rocm6.2-nvidia`): what expect.target compares
+# with torch's build.
+TARGET_TOOLKIT = re.compile(r"-(?:cu(?P<cuda_major>\d+)(?P<cuda_minor>\d)|rocm(?P<rocm>\d+(?:\.\d+)*))(?=-|$)")
 
 
 class UsageError(ValueError):
@@ -27,7 +32,7 @@ def parse(pairs: list[str], environ: Mapping[str, str] | None = None) -> dict[st
             key = name[len(ENV_PREFIX):].lower()
             if key not in KEYS:
                 raise UsageError(f"unknown expectation {name} (known: {', '.join(ENV_PREFIX + k.upper() for k in KEYS)})")
-            expected[key] = value
+            expected[key] = _valid(key, value, name)
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().lower().replace("-", "_")
@@ -35,8 +40,19 @@ def parse(pairs: list[str], environ: Mapping[str, str] | None = None) -> dict[st
             raise UsageError(f"--expect wants KEY=VALUE, got {pair!r}")
         if key not in KEYS:
             raise UsageError(f"unknown --expect key {key!r} (known: {', '.join(KEYS)})")
-        expected[key] = value.strip()
+        expected[key] = _valid(key, value.strip(), f"--expect {key}")
     return expected
+
+
+def _valid(key: str, value: str, where: str) -> str:
+    """Values whose meaning is a switch must be one: `on` or `maybe` would silently drop a check."""
+    if key == "warm_cache" and value.lower() not in BOOLEANS:
+        raise UsageError(f"{where}={value!r}: want 1/0, true/false or yes/no")
+    return value
+
+
+def declares_warm_cache(expected: dict[str, str]) -> bool:
+    return BOOLEANS.get(expected.get("warm_cache", "0").lower(), False)
 
 
 def _version_matches(declared: str, found: str | None) -> bool:
@@ -47,12 +63,13 @@ def _version_matches(declared: str, found: str | None) -> bool:
     return base == declared or base.startswith(declared + ".") or found == declared
 
 
-def check(expected: dict[str, str], det: Detection) -> list[Check]:
+def check(expected: dict[str, str], det: Detection, environ: Mapping[str, str] | None = None) -> list[Check]:
+    environ = os.environ if environ is None else environ
     out = []
     for key, declared in expected.items():
         name = f"expect.{key}"
         if key == "target":
-            out.append(passed(name, f"declared target {declared}", declared=declared))
+            out.append(_target(name, declared, environ.get(ENV_PREFIX + "TARGET") or None, det))
         elif key == "warm_cache":
             continue  # verified by the warm-cache check itself
         elif key == "dtype":
@@ -91,6 +108,26 @@ def check(expected: dict[str, str], det: Detection) -> list[Check]:
             found = det.packages.get(key)
             out.append(_compare(name, declared, found, _version_matches(declared, found), f"{key} version"))
     return out
+
+
+def _target(name: str, declared: str, image_says: str | None, det: Detection) -> Check:
+    """A declared target is compared with the image's own declaration (PROBE_EXPECT_TARGET, baked in at build
+    time; the gate passes the target it gates on the command line) and with torch's CUDA/ROCm build."""
+    if image_says is not None and image_says != declared:
+        return failed(name, f"target mismatch: declared {declared}, the image says it is {image_says} (PROBE_EXPECT_TARGET)",
+                      declared=declared, found=image_says)
+    toolkit = TARGET_TOOLKIT.search(declared)
+    if toolkit is None:
+        return failed(name, f"declared target {declared!r} names no toolkit (cuNNN or rocmX.Y)", declared=declared)
+    if toolkit.group("rocm"):
+        wanted, found, what = toolkit.group("rocm"), (det.torch.hip if det.torch else None), "ROCm"
+    else:
+        wanted, found, what = f"{int(toolkit.group('cuda_major'))}.{toolkit.group('cuda_minor')}", (det.torch.cuda if det.torch else None), "CUDA"
+    if not _version_matches(wanted, found):
+        return failed(name, f"target {declared} is for {what} {wanted}, torch is built for {found or 'no ' + what}",
+                      declared=declared, found=found)
+    same = "; the image says the same" if image_says else ""
+    return passed(name, f"target {declared}: torch's {what} {found} build matches{same}", declared=declared, found=found)
 
 
 def _dtype(name: str, declared: str, det: Detection) -> Check:

@@ -20,6 +20,7 @@ Exit codes: 0 a tag was chosen, 1 refused (nothing fits), 2 bad input.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import re
 import subprocess
@@ -195,36 +196,110 @@ def _pick(entry: dict, *paths: str):
     return None
 
 
+# What each field of a tags-file record must look like (ASCII digits only: `\d` also matches `٩`).
+SM_VALUE = re.compile(r"[1-9][0-9]?\.[0-9]", re.ASCII)  # 9.0, 10.0, 12.0; not 09.0 or 9.00
+DRIVER_VALUE = re.compile(r"[1-9][0-9]{0,3}(?:\.[0-9]{1,4}){0,3}", re.ASCII)  # 570.86, 580.65.06
+VERSION_VALUE = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,4}){1,3}", re.ASCII)  # CUDA 13.0, torch 2.14.1
+FLOOR_VALUE = re.compile(r"[1-9][0-9]{1,3}", re.ASCII)  # a driver branch: 580
+ID_VALUE = grammar.TARGET_ID  # hopper-cu130, hopper-cu128-torch2.7 (the grammar's, ASCII-checked in _text)
+TAG_VALUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", re.ASCII)  # an OCI tag (releases may hold capitals)
+EXAMPLES = {"sm": "9.0", "driver floor": "580", "torch": "2.14.1", "CUDA version": "13.0"}
+MAX_TAGS_FILE = 16 * 1024 * 1024  # the committed file is ~30 KB; more is not a tags file
+
+
+def _text(value: object, pattern: re.Pattern[str], what: str, where: str) -> str:
+    """A field that must be a string of a given shape: numbers (2.14 loses its trailing zeros) and lists
+    are refused rather than converted."""
+    if not isinstance(value, str) or not value.isascii() or not pattern.fullmatch(value):
+        raise SelectError(f"{where}: {what} {json.dumps(value)[:60]} is not valid (want a string like {EXAMPLES.get(what, 'hopper-cu130')!r})")
+    return value
+
+
+def _belongs(tag: str, target_id: str) -> bool:
+    """A tag of this target: `<id>`, `<id>-latest` or `<id>-torch<v>-<release>` (the grammar in probe/tags.py)."""
+    if tag in grammar.floating_tags(target_id):
+        return True
+    parsed = grammar.parse_immutable_tag(tag)
+    return parsed is not None and parsed.target_id == target_id
+
+
+def candidate_from_record(entry: object, where: str) -> Candidate:
+    """One record of a tags file, every field checked: a bad record is an error, never a silent pick."""
+    if not isinstance(entry, dict):
+        raise SelectError(f"{where}: not an object")
+    target_id = _text(_pick(entry, "id", "target"), ID_VALUE, "id", where)
+    where = f"{where} ({target_id})"
+    sms_value = _pick(entry, "sms", "sm")
+    if sms_value is not None and not isinstance(sms_value, list):
+        raise SelectError(f"{where}: 'sms' must be a list of strings like [\"9.0\"], got {json.dumps(sms_value)[:60]}")
+    sms = tuple(_text(sm, SM_VALUE, "sm", where) for sm in (sms_value or ()))
+    id_parts = grammar.parse_target_id(target_id)
+    kind = _pick(entry, "toolkit.kind", "toolkit_kind") or (
+        "cuda" if id_parts and cuda_of_toolkit(id_parts.toolkit) else "rocm")
+    if kind not in ("cuda", "rocm"):
+        raise SelectError(f"{where}: toolkit kind {json.dumps(kind)[:40]} is not cuda or rocm")
+    vendor = _pick(entry, "arch.vendor", "vendor") or ("nvidia" if kind == "cuda" else "amd")
+    if vendor not in ("nvidia", "amd"):
+        raise SelectError(f"{where}: vendor {json.dumps(vendor)[:40]} is not nvidia or amd")
+    cuda = None
+    if kind == "cuda":
+        version = _pick(entry, "toolkit.version", "cuda", "toolkit_version")
+        if version is None:
+            raise SelectError(f"{where}: a CUDA target without a CUDA version (toolkit.version): its driver floor is unknown")
+        cuda = _text(version, VERSION_VALUE, "CUDA version", where)
+    floor = _pick(entry, "toolkit.driver_floor", "driver_floor", "min_driver")
+    if isinstance(floor, int) and not isinstance(floor, bool):
+        floor = str(floor)
+    floor_value = int(_text(floor, FLOOR_VALUE, "driver floor", where)) if floor is not None else (driver_floor(cuda) if cuda else None)
+    torch = _pick(entry, "torch.version", "torch")
+    torch = _text(torch, VERSION_VALUE, "torch", where) if torch is not None else None
+    tags_value = _pick(entry, "tags")
+    if tags_value is not None and not isinstance(tags_value, list):
+        raise SelectError(f"{where}: 'tags' must be a list of strings, got {json.dumps(tags_value)[:60]}")
+    tags = [_text(tag, TAG_VALUE, "tag", where) for tag in (tags_value or ())]
+    foreign = [tag for tag in tags if not _belongs(tag, target_id)]
+    if foreign:
+        raise SelectError(f"{where}: tag {foreign[0]!r} is not a tag of {target_id} (want {target_id}, "
+                          f"{target_id}-latest or {target_id}-torch<version>-<release>)")
+    return Candidate(
+        target_id=target_id,
+        vendor=vendor,
+        sms=sms,
+        cuda=cuda,
+        driver_floor=floor_value,
+        torch=torch,
+        floating_tags=tuple(tag for tag in tags if not grammar.is_immutable(tag)),
+        immutable_tags=tuple(tag for tag in tags if grammar.is_immutable(tag)),
+    )
+
+
 def candidates_from_json(data: object, source: str) -> list[Candidate]:
     entries = data.get("targets") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise SelectError(f"{source}: expected a list of targets (or an object with 'targets')")
-    result = []
-    for index, entry in enumerate(entries):
-        target_id = _pick(entry, "id", "target") if isinstance(entry, dict) else None
-        if not target_id:
-            raise SelectError(f"{source}: target #{index} has no 'id'")
-        sms = tuple(str(sm) for sm in (_pick(entry, "sms", "sm") or ()))
-        id_parts = grammar.parse_target_id(str(target_id))
-        kind = _pick(entry, "toolkit.kind", "toolkit_kind") or (
-            "cuda" if id_parts and cuda_of_toolkit(id_parts.toolkit) else "rocm"
-        )
-        cuda = str(_pick(entry, "toolkit.version", "cuda", "toolkit_version") or "") if kind == "cuda" else None
-        floor = _pick(entry, "toolkit.driver_floor", "driver_floor", "min_driver")
-        tags = [str(tag) for tag in (_pick(entry, "tags") or ())]
-        result.append(
-            Candidate(
-                target_id=str(target_id),
-                vendor=str(_pick(entry, "arch.vendor", "vendor") or ("nvidia" if kind == "cuda" else "amd")),
-                sms=sms,
-                cuda=cuda or None,
-                driver_floor=int(version_key(str(floor))[0]) if floor else (driver_floor(cuda) if cuda else None),
-                torch=_pick(entry, "torch.version", "torch"),
-                floating_tags=tuple(tag for tag in tags if not grammar.is_immutable(tag)),
-                immutable_tags=tuple(tag for tag in tags if grammar.is_immutable(tag)),
-            )
-        )
-    return result
+    return [candidate_from_record(entry, f"{source}: target #{index}") for index, entry in enumerate(entries)]
+
+
+def read_tags_file(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_TAGS_FILE + 1)
+    except OSError as error:
+        raise SelectError(f"{path}: {error.strerror or error}") from None
+    if len(data) > MAX_TAGS_FILE:
+        raise SelectError(f"{path}: larger than {MAX_TAGS_FILE // 2**20} MiB; not a tags file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SelectError(f"{path}: not UTF-8 text") from None
+
+
+def load_json(text: str, source: str) -> object:
+    """json.loads that answers hostile input with a SelectError (not JSON, or nested too deep: RecursionError)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise SelectError(f"{source}: not JSON ({str(error).splitlines()[0][:120]})") from None
 
 
 def choose(candidates: list[Candidate], sm: str, driver: str) -> Choice | Refusal:
@@ -271,40 +346,88 @@ def read_gpu() -> tuple[str, str]:
         raise SelectError(f"cannot run nvidia-smi ({error}); pass --gpu-sm and --driver") from None
     if done.returncode != 0 or not done.stdout.strip():
         raise SelectError(f"nvidia-smi failed ({done.stderr.strip() or 'no output'}); pass --gpu-sm and --driver")
-    sm, driver = (part.strip() for part in done.stdout.splitlines()[0].split(","))
-    return sm, driver
+    parts = [part.strip() for part in done.stdout.splitlines()[0].split(",")]
+    if len(parts) != 2:
+        raise SelectError(f"nvidia-smi answered {done.stdout.splitlines()[0][:60]!r}; pass --gpu-sm and --driver")
+    return parts[0], parts[1]
+
+
+REPO_VALUE = re.compile(r"(?:(?P<host>[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?(?::[0-9]{1,5})?)/)?"
+                        r"(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)", re.ASCII)
+MAX_ANSWER = 8 * 1024 * 1024  # one page of a tag list; a registry sending more is not answering the question
+MAX_PAGES = 1000
+
+
+def split_repo(repo: str) -> tuple[str, str]:
+    """`host[:port]/name` (or a Docker Hub name) → (host, name); SelectError for anything else."""
+    match = REPO_VALUE.fullmatch(repo.strip().rstrip("/")) if repo.isascii() else None
+    if match is None:
+        raise SelectError(f"--repo {repo!r}: want host[:port]/name, e.g. ghcr.io/org/imagefactory")
+    host, name = match.group("host"), match.group("name")
+    if host is None or ("." not in host and ":" not in host and host != "localhost"):
+        return "registry-1.docker.io", repo.strip().rstrip("/") if "/" in repo else f"library/{repo.strip()}"
+    return host, name
+
+
+def _read_json(response, what: str) -> object:
+    body = response.read(MAX_ANSWER + 1)
+    if len(body) > MAX_ANSWER:
+        raise SelectError(f"{what}: answer larger than {MAX_ANSWER // 2**20} MiB")
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit() and len(body) != int(length):
+        raise SelectError(f"{what}: broken HTTP answer (cut short at {len(body)} of {length} bytes)")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        start = body[:40].decode("utf-8", "replace").strip().splitlines()
+        raise SelectError(f"{what}: the answer is not JSON (starts {start[0][:40] if start else 'empty'!r})") from None
 
 
 def registry_tags(repo: str, timeout: float = 20.0, page: int = 1000) -> list[str]:
     """Tag list of `host[:port]/name` through the registry HTTP API: pages followed through the
-    `Link: <…>; rel="next"` header, an anonymous bearer token fetched when the registry asks."""
-    host, _, name = repo.partition("/")
-    if not name or ("." not in host and ":" not in host and host != "localhost"):
-        host, name = "registry-1.docker.io", repo if "/" in repo else f"library/{repo}"
+    `Link: <…>; rel="next"` header, an anonymous bearer token fetched when the registry asks. Any answer
+    that is not a tag list (HTML, a JSON list, a cut-off body, not HTTP at all) is a SelectError."""
+    host, name = split_repo(repo)
     base = f"{'http' if host.split(':')[0] in ('127.0.0.1', 'localhost') else 'https'}://{host}"
     url: str | None = f"{base}/v2/{name}/tags/list?n={page}"
+    what = f"registry {host}: tags of {name}"
     headers: dict[str, str] = {}
     tags: list[str] = []
+    pages = 0
     while url:
+        pages += 1
+        if pages > MAX_PAGES:
+            raise SelectError(f"{what}: more than {MAX_PAGES} pages (a Link loop?)")
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
-                tags += json.load(response).get("tags") or []
+                body = _read_json(response, what)
+                listed = body.get("tags") if isinstance(body, dict) else None
+                if not isinstance(body, dict) or not isinstance(listed or [], list) or not all(isinstance(t, str) for t in listed or []):
+                    raise SelectError(f"{what}: the answer is not a tag list ({{\"tags\": [...]}})")
+                tags += listed or []
                 following = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', response.headers.get("Link", ""))
                 url = urllib.parse.urljoin(base, following.group(1)) if following else None
+                if url and not url.startswith(base + "/"):
+                    raise SelectError(f"{what}: the next page points off the registry ({url[:80]})")
         except urllib.error.HTTPError as error:
-            challenge = error.headers.get("WWW-Authenticate", "")
+            challenge = error.headers.get("WWW-Authenticate", "") if error.headers else ""
             if error.code != 401 or headers or not challenge.startswith("Bearer "):
-                raise SelectError(f"registry {host}: GET tags of {name} failed: HTTP {error.code}") from None
+                raise SelectError(f"{what}: HTTP {error.code}") from None
             fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
             query = urllib.parse.urlencode({"service": fields.get("service", ""), "scope": fields.get("scope", f"repository:{name}:pull")})
             try:
                 with urllib.request.urlopen(f"{fields.get('realm', '')}?{query}", timeout=timeout) as response:
-                    token = json.load(response)
-            except (urllib.error.URLError, OSError, ValueError) as token_error:
+                    token = _read_json(response, f"registry {host}: token")
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as token_error:
                 raise SelectError(f"registry {host}: anonymous token refused ({token_error})") from None
-            headers = {"Authorization": f"Bearer {token.get('token') or token.get('access_token')}"}
+            value = (token.get("token") or token.get("access_token")) if isinstance(token, dict) else None
+            if not isinstance(value, str) or not value.isprintable():
+                raise SelectError(f"registry {host}: the token answer holds no token") from None
+            headers = {"Authorization": f"Bearer {value}"}
         except (urllib.error.URLError, OSError) as error:
             raise SelectError(f"registry {host}: cannot reach it ({getattr(error, 'reason', error)})") from None
+        except http.client.HTTPException as error:  # not HTTP, or a body cut short (IncompleteRead)
+            raise SelectError(f"{what}: broken HTTP answer ({type(error).__name__})") from None
     return tags
 
 
@@ -322,15 +445,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SelectError("give --repo (read the registry's tags) or --tags-file")
         if (args.gpu_sm is None) != (args.driver is None):
             raise SelectError("give both --gpu-sm and --driver, or neither (then nvidia-smi is asked)")
-        sm, driver = (args.gpu_sm, args.driver) if args.gpu_sm else read_gpu()
-        if not re.fullmatch(r"\d+\.\d+", sm) or not re.fullmatch(r"\d+(\.\d+)*", driver):
+        sm, driver = (args.gpu_sm, args.driver) if args.gpu_sm is not None else read_gpu()
+        if not SM_VALUE.fullmatch(sm) or not DRIVER_VALUE.fullmatch(driver):
             raise SelectError(f"bad GPU inputs: SM {sm!r} (want e.g. 9.0), driver {driver!r} (want e.g. 570.86)")
+        if args.repo:
+            split_repo(args.repo)
         if args.tags_file:
-            try:
-                data = json.loads(args.tags_file.read_text())
-            except (OSError, ValueError) as error:
-                raise SelectError(f"{args.tags_file}: {error}") from None
-            candidates = candidates_from_json(data, str(args.tags_file))
+            candidates = candidates_from_json(load_json(read_tags_file(args.tags_file), str(args.tags_file)), str(args.tags_file))
         else:
             candidates = candidates_from_tags(registry_tags(args.repo))
     except SelectError as error:

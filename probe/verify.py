@@ -12,6 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from probe.expect import declares_warm_cache
 from probe.results import Check, Detection, failed, one_line, passed, skipped, warned
 
 NF4_VS_DEQUANT_BOUND = 0.02  # relative error, bnb's nf4 matmul vs fp32 matmul of the dequantized weight
@@ -228,7 +229,7 @@ def triton_kernel(det: Detection) -> Check:
 
 def warm_cache(det: Detection, expected: dict[str, str]) -> Check | None:
     """Only when the image declares a warm cache (PROBE_EXPECT_WARM_CACHE=1)."""
-    if expected.get("warm_cache", "0").lower() not in ("1", "true", "yes"):
+    if not declares_warm_cache(expected):
         return None
     name = "triton.warm_cache"
     if det.packages.get("triton") is None:

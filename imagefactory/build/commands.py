@@ -10,10 +10,9 @@ import argparse
 
 from imagefactory import log
 from imagefactory.build.bootstrap import BASES, bootstrap
-from imagefactory.build.docker import detect, image_inspect
-from imagefactory.build.gate import gate_image, require_pass
+from imagefactory.build.docker import check_image_ref, detect
+from imagefactory.build.gate import candidate_for, gate_image, require_pass
 from imagefactory.build.images import BuildOptions, build_many, last_built_image
-from imagefactory.errors import UsageError
 from imagefactory.plan.expand import resolve_target, select_targets
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.model import Target
@@ -62,11 +61,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
     release = release_or_today(args.release)  # checked before any build: a bad one would fail only at tagging
     client = detect(args.docker)
     image = args.image or last_built_image(target.id, args.reports_dir) or f"{target.image_repo}:{target.id}"
-    info = image_inspect(client, image)
-    if info is None:
-        raise UsageError(f"{target.id}: no image {image} in the local store; build it first (nox -s build-{target.id})")
+    check_image_ref(image, "--image" if args.image else f"{args.reports_dir / target.id}/build.json image_id")
+    candidate = candidate_for(client, target, image)  # exists, and is an image of this target: else exit 2
     with log.step(f"gate {target.id}"):
-        gated = gate_image(client, target, info["Id"], release=release, require_gpu=args.require_gpu,
+        gated = gate_image(client, target, candidate, release=release, require_gpu=args.require_gpu,
                            reports_dir=args.reports_dir)
     require_pass(gated, args.reports_dir)
     log.echo(f"{target.id}: gate passed ({gated.mode} mode); tagged {', '.join(gated.tags)}")

@@ -24,7 +24,7 @@ from typing import Literal
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from imagefactory import log
-from imagefactory.errors import CommandError, DockerCommandError, DockerSetupError
+from imagefactory.errors import CommandError, DockerCommandError, DockerSetupError, UsageError
 from imagefactory.run import Completed, run
 
 BuildMode = Literal["buildx", "classic"]
@@ -119,29 +119,52 @@ def detect(explicit: str | None = None) -> DockerClient:
 # ---- operations -------------------------------------------------------------------------------
 
 
+# What `--image` and report files may name: a full or short image ID, or a reference `name[:tag][@digest]`.
+# Never anything docker would read as an option (`--help`), never whitespace (fullmatch, ASCII).
+IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+IMAGE_REF = re.compile(
+    r"(?:sha256:)?[0-9a-f]{12,64}"
+    r"|[a-z0-9][a-z0-9._-]*(?::[0-9]{1,5})?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(?:@sha256:[0-9a-f]{64})?", re.ASCII)
+
+
+def check_image_ref(text: str, what: str = "--image") -> str:
+    """The reference as given, or UsageError (exit 2) naming the argument."""
+    if not isinstance(text, str) or len(text) > 512 or not IMAGE_REF.fullmatch(text):
+        raise UsageError(f"{what} {str(text)[:80]!r}: not an image ID or reference (sha256:<hex>, name[:tag])")
+    return text
+
+
 def image_inspect(client: DockerClient, ref: str) -> dict | None:
-    """`docker image inspect` as a dict, or None when there is no such local image."""
-    done = run(client.argv("image", "inspect", ref), capture=True, check=False, quiet_echo=True)
+    """`docker image inspect` as a dict, or None when there is no such local image (or an answer that is not one)."""
+    done = run(client.argv("image", "inspect", "--", ref), capture=True, check=False, quiet_echo=True)
     if not done.ok:
         return None
-    data = json.loads(done.stdout)
-    return data[0] if data else None
+    try:
+        data = json.loads(done.stdout)
+    except ValueError:
+        return None
+    return data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else None
 
 
 def image_exists(client: DockerClient, ref: str) -> bool:
     return image_inspect(client, ref) is not None
 
 
-def image_labels(client: DockerClient, ref: str) -> dict[str, str] | None:
-    info = image_inspect(client, ref)
-    if info is None:
-        return None
-    return dict((info.get("Config") or {}).get("Labels") or {})
-
-
 def image_size(client: DockerClient, ref: str) -> int | None:
     info = image_inspect(client, ref)
     return int(info["Size"]) if info and "Size" in info else None
+
+
+def secret_spec(key: str, path: Path) -> str:
+    """`id=KEY,src=PATH` for --secret, which Docker parses as one CSV record: a field holding a comma or a
+    quote is quoted by the CSV rules (doubled quotes) so that the path stays whole."""
+    source = f"src={path}"
+    if "\n" in source or "\r" in source:
+        raise DockerCommandError(f"secret {key}: a path with a line break cannot be passed to BuildKit: {str(path)!r}")
+    if "," in source or '"' in source:
+        source = '"' + source.replace('"', '""') + '"'
+    return f"id={key},{source}"
 
 
 def build(
@@ -163,7 +186,7 @@ def build(
     for key, value in build_args.items():
         argv += ["--build-arg", f"{key}={value}"]
     for key, path in secrets.items():
-        argv += ["--secret", f"id={key},src={path}"]
+        argv += ["--secret", secret_spec(key, path)]
     for key, value in (labels or {}).items():
         argv += ["--label", f"{key}={value}"]
     argv.append(str(context))
@@ -197,7 +220,7 @@ def run_container(
 
 def tag(client: DockerClient, image_id: str, ref: str) -> None:
     try:
-        run(client.argv("tag", image_id, ref))
+        run(client.argv("tag", "--", image_id, ref))
     except CommandError as error:
         raise DockerCommandError(f"tagging {ref}: {error.message}") from None
 
@@ -273,22 +296,6 @@ class PushLayers:
         return f"pushing {ref}: {self.done}/{len(self.states)} layers"
 
 
-def label_child(client: DockerClient, parent_id: str, labels: Mapping[str, str], ref: str) -> str:
-    """`FROM <parent>` plus labels, tagged `ref`; returns its image ID. The classic builder resolves a
-    local image ID offline and adds no layer."""
-    with tempfile.TemporaryDirectory(prefix="imagefactory-label-") as context:
-        (Path(context) / "Dockerfile").write_text(f"FROM {parent_id}\n")
-        label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
-        try:
-            # DOCKER_BUILDKIT=0: the classic builder takes `FROM <image id>` from the local store;
-            # BuildKit would try to resolve it as a registry name.
-            done = run(client.argv("build", "-q", "--network", "none", *label_args, "-t", ref, context),
-                       env={"DOCKER_BUILDKIT": "0"}, capture=True)
-        except CommandError as error:
-            raise DockerCommandError(f"labelling {parent_id[:19]} as {ref} failed: {error.message}") from None
-    return done.stdout.strip().splitlines()[-1]
-
-
 def push(client: DockerClient, ref: str) -> str:
     """Push with a live progress line (layers done / total, elapsed; docker's own lines in logs);
     return the digest docker reports."""
@@ -335,3 +342,38 @@ def read_file(client: DockerClient, image: str, path: str) -> bytes | None:
             return (Path(out) / "file").read_bytes() if copied.ok and (Path(out) / "file").is_file() else None
     finally:
         run(client.argv("rm", container), capture=True, check=False)
+def dockerfile_label(key: str, value: str) -> str:
+    """One `key="value"` pair of a LABEL instruction: quoted by the Dockerfile rules (backslash, quote and `$`, which the
+    builder would substitute, escaped); a newline cannot be in a label line and is refused."""
+    if "\n" in value or "\r" in value or not re.fullmatch(r"[a-z0-9.-]+", key):
+        raise DockerCommandError(f"label {key!r}: a key of [a-z0-9.-] and a one-line value only")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'{key}="{escaped}"'
+
+
+def label_child(client: DockerClient, parent_id: str, labels: Mapping[str, str]) -> str:
+    """A child `FROM <parent id>` whose only change is labels (no layer, nothing pulled); returns its ID.
+    The labels travel in the Dockerfile, not on the command line (a large value would exceed ARG_MAX).
+    Classic builder: it takes `FROM <image id>` from the local store, BuildKit would look in a registry."""
+    if not IMAGE_ID.fullmatch(parent_id):
+        raise DockerCommandError(f"label child: {parent_id[:80]!r} is not a full image ID")
+    with tempfile.TemporaryDirectory(prefix="imagefactory-label-") as context:
+        pairs = " \\\n    ".join(dockerfile_label(key, value) for key, value in labels.items())
+        (Path(context) / "Dockerfile").write_text(f"FROM {parent_id}\nLABEL {pairs}\n")  # one instruction: one image
+        iidfile = Path(context) / "iid"
+        try:
+            run(client.argv("build", "-q", "--network", "none", "--iidfile", str(iidfile), context),
+                env={"DOCKER_BUILDKIT": "0"}, capture=True)
+        except CommandError as error:
+            raise DockerCommandError(f"labelling {parent_id[:19]}: {error.message}") from None
+        image_id = iidfile.read_text().strip() if iidfile.exists() else ""
+    if not IMAGE_ID.fullmatch(image_id):
+        raise DockerCommandError(f"labelling {parent_id[:19]}: docker build wrote no image ID")
+    return image_id
+
+
+def refs_labelled(client: DockerClient, key: str, value: str) -> list[str]:
+    """`repo:tag` names of the local images whose label `key` is `value`."""
+    done = run(client.argv("image", "ls", "--no-trunc", "--filter", f"label={key}={value}", "--format", "{{.Repository}}:{{.Tag}}"),
+               capture=True, check=False, quiet_echo=True)
+    return [line for line in done.stdout.split() if "<none>" not in line] if done.ok else []

@@ -16,8 +16,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from imagefactory.build.docker import DockerClient, DockerCommandError, gpu_run_args, host_has_gpus, image_exists, image_inspect, run_container, tag, untag
-from imagefactory.errors import GateFailedError
+from imagefactory.build.docker import (
+    IMAGE_ID,
+    DockerClient,
+    DockerCommandError,
+    check_image_ref,
+    gpu_run_args,
+    host_has_gpus,
+    image_exists,
+    image_inspect,
+    label_child,
+    refs_labelled,
+    run_container,
+    tag,
+    untag,
+)
+from imagefactory.build.locks import target_lock
+from imagefactory.build.seal import GATE_IMAGE_LABEL, identity_problems, seal_labels
+from imagefactory.errors import GateFailedError, UsageError
 from imagefactory.log import echo
 from imagefactory.plan.model import Target
 from imagefactory.run import CommandError
@@ -50,6 +66,7 @@ class GateResult:
     require_gpu: bool
     steps: tuple[StepResult, ...]
     tags: tuple[str, ...] = ()
+    sealed_image: str | None = None  # the labelled child that carries the pass (what is tagged and pushed)
     finished: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
     @property
@@ -93,8 +110,9 @@ def failing_checks(report: Any) -> list[str]:
     return out
 
 
-def step_commands(require_gpu: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    probe = ("python", "-m", "probe", "--json", *(("--require-gpu",) if require_gpu else ()))
+def step_commands(require_gpu: bool, target_id: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    # `--expect target=` is compared by the probe with the image's own PROBE_EXPECT_TARGET and torch's build
+    probe = ("python", "-m", "probe", "--json", "--expect", f"target={target_id}", *(("--require-gpu",) if require_gpu else ()))
     smoke = ("python", "-m", "probe", "smoke", "--json")
     return (("probe", probe), ("smoke", smoke))
 
@@ -120,6 +138,25 @@ def run_step(client: DockerClient, image_id: str, name: str, argv: tuple[str, ..
     return StepResult(name, argv, done.returncode, tuple(failing), report_name)
 
 
+def candidate_for(client: DockerClient, target: Target, image: str) -> str:
+    """The full ID of the image to gate for `target`: the reference must be one (not an option such as
+    `--help`), the image must exist, and its identity labels must name this target (an ampere image is
+    never gated, tagged or published as hopper). UsageError (exit 2) otherwise."""
+    check_image_ref(image)
+    info = image_inspect(client, image)
+    if info is None or not IMAGE_ID.fullmatch(str(info.get("Id", ""))):
+        raise UsageError(f"{target.id}: no image {image} in the local store; build it first (nox -s build-{target.id})")
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    sealed_from = image_inspect(client, labels[GATE_IMAGE_LABEL]) if IMAGE_ID.fullmatch(str(labels.get(GATE_IMAGE_LABEL, ""))) else None
+    if sealed_from is not None and (sealed_from.get("RootFS") or {}).get("Layers") == (info.get("RootFS") or {}).get("Layers"):
+        echo(f"gate {target.id}: {image[:40]} is a seal of {sealed_from['Id'][:19]}: gating that image (seals are not stacked)")
+        info, labels = sealed_from, (sealed_from.get("Config") or {}).get("Labels") or {}
+    problems = identity_problems(target, labels)
+    if problems:
+        raise UsageError(f"{target.id}: image {image[:40]} is not an image of {target.id}: {'; '.join(problems)}")
+    return str(info["Id"])
+
+
 def gate_image(
     client: DockerClient,
     target: Target,
@@ -130,8 +167,16 @@ def gate_image(
     reports_dir: Path = REPORTS_DIR,
     gpus: bool | None = None,
 ) -> GateResult:
-    """Run the probe and the smoke suite in the image; tag it only if both pass. Never raises for a
-    failing image: the result says what failed (the caller decides the exit code)."""
+    """Run the probe and the smoke suite in the image; on a pass seal it (a labelled child, see
+    imagefactory.publish.push) and tag the seal. Never raises for a failing image: the result says what
+    failed (the caller decides the exit code). An image labelled for another target is a UsageError."""
+    image_id = candidate_for(client, target, image_id)
+    with target_lock(reports_dir, target.id):  # one build or gate of a target at a time
+        return _gate(client, target, image_id, release=release, require_gpu=require_gpu, reports_dir=reports_dir, gpus=gpus)
+
+
+def _gate(client: DockerClient, target: Target, image_id: str, *, release: str, require_gpu: bool, reports_dir: Path,
+          gpus: bool | None) -> GateResult:
     out_dir = reports_dir / target.id
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("gate.json", "probe.json", "probe.out", "smoke.json", "smoke.out"):
@@ -144,7 +189,7 @@ def gate_image(
         echo(f"gate {target.id}: no {'AMD' if vendor == 'amd' else 'NVIDIA'} GPU on this host: CPU mode (GPU checks skipped"
              f"{'; --require-gpu makes that a failure' if require_gpu else ''})")
     steps = []
-    for name, argv in step_commands(require_gpu):
+    for name, argv in step_commands(require_gpu, target.id):
         step = run_step(client, image_id, name, argv, gpu_args, out_dir)
         steps.append(step)
         if not step.passed:
@@ -152,9 +197,13 @@ def gate_image(
     result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps))
     if result.passed:
         refs = gate_tags(target, release)
+        try:
+            sealed = label_child(client, image_id, seal_labels(target, image_id, mode, result.to_json()))
+        except DockerCommandError as error:
+            raise GateFailedError(f"{target.id}: gate passed, but sealing image {image_id[:19]} failed: {error.message}") from None
         for ref in refs:
-            tag(client, image_id, ref)
-        result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps), refs, result.finished)
+            tag(client, sealed, ref)
+        result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps), refs, sealed, result.finished)
     (out_dir / "gate.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if not result.passed:
         remove_earlier_tags(client, target, result)
@@ -170,7 +219,8 @@ def remove_earlier_tags(client: DockerClient, target: Target, failed: GateResult
     """A re-gated image that fails loses the tags an earlier pass gave it. Docker deletes an image
     with its last name: then only the reports remain (a rebuild from the build cache brings it back)."""
     image_id = failed.image_id
-    refs = earlier_tags(target, list((image_inspect(client, image_id) or {}).get("RepoTags") or []))
+    named = [*((image_inspect(client, image_id) or {}).get("RepoTags") or []), *refs_labelled(client, GATE_IMAGE_LABEL, image_id)]
+    refs = earlier_tags(target, list(dict.fromkeys(named)))  # on the image itself (older gates) or on its seals
     if not refs:
         return
     try:

@@ -25,7 +25,8 @@ from imagefactory import log
 from imagefactory.build import bootstrap as _bootstrap
 from imagefactory.build.docker import DockerClient, build, image_exists, image_size
 from imagefactory.build.gate import REPORTS_DIR, GateResult, gate_image
-from imagefactory.errors import BuildFailedError, ImageFactoryError
+from imagefactory.build.locks import staging_lock, target_lock
+from imagefactory.errors import BuildFailedError, ImageFactoryError, UsageError
 from imagefactory.log import echo
 from imagefactory.plan.model import Target
 from imagefactory.plan.render import REPO_ROOT, render_target
@@ -37,6 +38,7 @@ BUILD_DIR = Path(".build")  # gitignored scratch inside the build context
 BNB_STAGE = BUILD_DIR / "bnb-src"  # where a local bitsandbytes tree is staged (.dockerignore lets it in)
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 IMAGE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+MAX_CA_BUNDLE = 16 * 1024 * 1024  # the host bundle is ~200 KB
 GIT_TIMEOUT_S = 10  # a blackholed network must not stall every build
 # How BuildKit says that a FROM image could not be fetched.
 PULL_FAILURES = ("failed to do request", "pull access denied", "failed to resolve source metadata",
@@ -145,8 +147,12 @@ def git_reachable(url: str, ref: str, ca_bundle: Path | None) -> bool:
 def stage_bnb_tree(root: Path, tree: Path | None) -> None:
     """Put the local tree where the Dockerfile's COPY finds it, or empty that place (a stale tree
     would change the build context and invalidate the bitsandbytes stage)."""
-    stage = root / BNB_STAGE
-    if stage.exists():
+    build_dir, stage = root / BUILD_DIR, root / BNB_STAGE
+    if build_dir.is_symlink():
+        raise BuildFailedError(f"{build_dir}: is a symbolic link; remove it (the staging area is never written through a link)")
+    if stage.is_symlink() or stage.is_file():
+        stage.unlink()  # the link itself, never what it points at
+    elif stage.exists():
         shutil.rmtree(stage)
     if tree is not None:
         if not tree.is_dir():
@@ -173,13 +179,49 @@ def image_ca_bundle(client: DockerClient, image: str) -> bytes | None:
     return done.stdout.encode() if done.ok else None
 
 
+def check_ca_bundle(path: Path) -> Path:
+    """--ca-bundle: a readable file holding at least one PEM certificate; UsageError (exit 2) otherwise."""
+    if path.is_dir():
+        raise UsageError(f"--ca-bundle {path}: is a directory; give the bundle file (e.g. /etc/ssl/certs/ca-certificates.crt)")
+    if not path.exists():
+        raise UsageError(f"--ca-bundle {path}: no such file")
+    if "\n" in str(path) or "\r" in str(path):
+        raise UsageError(f"--ca-bundle {str(path)!r}: a path with a line break cannot be passed to BuildKit")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(MAX_CA_BUNDLE + 1)
+    except OSError as error:
+        raise UsageError(f"--ca-bundle {path}: cannot read it ({error.strerror or error})") from None
+    if len(head) > MAX_CA_BUNDLE or not pem_blocks(head):
+        raise UsageError(f"--ca-bundle {path}: not a PEM certificate bundle (no BEGIN CERTIFICATE block"
+                         f"{' in the first ' + str(MAX_CA_BUNDLE // 2**20) + ' MiB' if len(head) > MAX_CA_BUNDLE else ''})")
+    return path
+
+
+def check_bnb_source(tree: Path) -> Path:
+    """--bnb-source: a bitsandbytes source tree; UsageError (exit 2) otherwise."""
+    if not tree.is_dir():
+        raise UsageError(f"--bnb-source {tree}: {'no such directory' if not tree.exists() else 'not a directory'}")
+    try:
+        local_tree_version(tree)
+    except BuildFailedError as error:
+        raise UsageError(f"--bnb-source {error.message}") from None
+    return tree
+
+
+def check_options(opts: BuildOptions) -> None:
+    """What a user typed, checked before any build starts: one line and exit 2, not a failed build (exit 1)."""
+    if opts.bnb_source is not None:
+        check_bnb_source(opts.bnb_source)
+    if opts.ca_bundle is not None:
+        check_ca_bundle(opts.ca_bundle)
+
+
 def choose_ca_bundle(client: DockerClient, target: Target, explicit: Path | None) -> Path | None:
     """The bundle passed as the `ca` secret: --ca-bundle, else the host's when it trusts certificates
     the build base does not (a TLS-intercepting proxy); never written into a layer."""
     if explicit is not None:
-        if not explicit.is_file():
-            raise BuildFailedError(f"--ca-bundle {explicit}: no such file")
-        return explicit
+        return check_ca_bundle(explicit)
     if not HOST_CA_BUNDLE.is_file():
         return None
     if not image_exists(client, target.base.build):
@@ -197,17 +239,26 @@ def ensure_bases(client: DockerClient, target: Target) -> None:
 
 
 def build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> BuildResult:
+    with target_lock(opts.reports_dir, target.id):
+        return _build_one(client, target, opts, on_line)
+
+
+def _build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line: Callable[[str], None] | None) -> BuildResult:
     start = time.monotonic()
     result = BuildResult(target.id, ok=False, stage="base", duration_s=0.0)
     out_dir = opts.reports_dir / target.id
     out_dir.mkdir(parents=True, exist_ok=True)
+    _finish(out_dir, result, start)  # until this build ends, build.json says "not ok" (never a stale "ok")
     log_file = out_dir / "build.log"
+    log_file.unlink(missing_ok=True)  # a link planted there is removed, not written through
     log_file.write_text("")
     try:
         with log.step(f"{target.id}: base images"):
             ensure_bases(client, target)
         result = replace(result, stage="render")
         work = opts.root / BUILD_DIR / target.id
+        if (opts.root / BUILD_DIR).is_symlink() or work.is_symlink():
+            raise BuildFailedError(f"{work}: a symbolic link in the staging area; remove it (never written through)")
         work.mkdir(parents=True, exist_ok=True)
         dockerfile = work / "Dockerfile"
         dockerfile.write_text(render_target(target))
@@ -215,11 +266,12 @@ def build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line:
         choice = choose_bnb(target, opts.bnb_source,
                             lambda: git_reachable(target.bitsandbytes.git_url, target.bitsandbytes.git_ref, ca_bundle))
         echo(f"{target.id}: {choice.note}")
-        stage_bnb_tree(opts.root, opts.bnb_source if choice.source == "local" else None)
         result = replace(result, stage="build", bnb_source=choice.source)
         iidfile = work / "iid"
         iidfile.unlink(missing_ok=True)
-        with log.step(f"{target.id}: docker build"):
+        # .build/bnb-src is part of the context until BuildKit is done with it
+        with staging_lock(opts.root), log.step(f"{target.id}: docker build"):
+            stage_bnb_tree(opts.root, opts.bnb_source if choice.source == "local" else None)
             done = build(
                 client, context=opts.root, dockerfile=dockerfile, iidfile=iidfile,
                 build_args=build_args(target, choice, source_revision(opts.root), utc_now()),
@@ -245,6 +297,8 @@ def build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line:
         return _finish(out_dir, replace(result, ok=True), start)
     except ImageFactoryError as error:
         return _finish(out_dir, replace(result, reason=error.message), start)
+    except OSError as error:  # the staging area or reports folder misbehaves: a failed build, said in one line
+        return _finish(out_dir, replace(result, reason=f"{getattr(error, 'filename', None) or ''}: {error.strerror or error}".lstrip(": ")), start)
 
 
 def _build_error(tail: Sequence[str]) -> str:
@@ -265,16 +319,21 @@ def _gate_reason(gated: GateResult) -> str:
 def _finish(out_dir: Path, result: BuildResult, start: float) -> BuildResult:
     """Stamp the duration so far and write reports/<target>/build.json."""
     result = replace(result, duration_s=round(time.monotonic() - start, 1))
-    (out_dir / "build.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    temporary = out_dir / "build.json.tmp"
+    temporary.unlink(missing_ok=True)
+    temporary.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    temporary.replace(out_dir / "build.json")  # whole or not at all; a link there is replaced, not followed
     return result
 
 
 def last_built_image(target_id: str, reports_dir: Path = REPORTS_DIR) -> str | None:
     """The image ID the last build of this target produced (reports/<target>/build.json)."""
     try:
-        return json.loads((reports_dir / target_id / "build.json").read_text()).get("image_id")
-    except (OSError, ValueError):
+        record = json.loads((reports_dir / target_id / "build.json").read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    image_id = record.get("image_id") if isinstance(record, dict) else None
+    return image_id if isinstance(image_id, str) else None  # the gate checks its shape (check_image_ref)
 
 
 # ---- many targets ---------------------------------------------------------------------------------
@@ -303,6 +362,7 @@ def summary_table(results: Sequence[BuildResult]) -> Table:
 
 def build_many(client: DockerClient, targets: Sequence[Target], opts: BuildOptions) -> list[BuildResult]:
     """Build (and gate) each target in turn, past failures; print a summary table at the end."""
+    check_options(opts)  # what the user typed: exit 2 before any base image, build or gate
     console = log.console()
     results: list[BuildResult] = []
     for index, target in enumerate(targets, 1):

@@ -10,17 +10,16 @@ imagefactory.cli owns the parser and calls these; `args.matrix` is already the m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from imagefactory import log
 from imagefactory.build.docker import detect
-from imagefactory.errors import PushFailedError, UsageError
+from imagefactory.errors import UsageError
 from imagefactory.plan.expand import all_targets, resolve_target
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.publish.docs import drift, generate, write
-from imagefactory.publish.push import GateReport, LocalDocker, publish, summary_markdown, write_release_record
+from imagefactory.publish.push import GateReport, LocalDocker, publish, read_release_record, summary_markdown, write_release_record
 from imagefactory.publish.registry import Registry, RepoRef
 from imagefactory.tags import release_or_today, release_tags
 
@@ -49,7 +48,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     tags = release_tags(target, release_or_today(args.release))
     report = GateReport.read(args.reports_dir / target.id / "gate.json")
     with log.step(f"push {target.id} to {repo}"):
-        result = publish(tags, report, target.id, repo, LocalDocker(detect(args.docker)), Registry(repo),
+        result = publish(tags, report, target, repo, LocalDocker(detect(args.docker)), Registry(repo),
                          say=log.echo, allow_cpu_gate=args.allow_cpu_gate)
     record = write_release_record(result, target.id, args.reports_dir)
     verb = "already published" if result.already_there else "published"
@@ -58,11 +57,6 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    records = []
-    for path in args.records:
-        try:
-            records.append(json.loads(Path(path).read_text()))
-        except (OSError, ValueError) as error:
-            raise PushFailedError(f"{path}: unreadable release record ({error})") from None
+    records = [read_release_record(Path(path)) for path in args.records]
     sys.stdout.write(summary_markdown(records))
     return 0

@@ -12,11 +12,12 @@ deploy files of targets that left the matrix.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagefactory.errors import ImageFactoryError
+from imagefactory.errors import ImageFactoryError, UsageError
 from imagefactory.plan.model import Target, immutable_tag
 
 # The repository the docs name; the release workflow publishes to ghcr.io/<owner>/imagefactory.
@@ -30,6 +31,19 @@ WORKSPACE = "/workspace"
 # volume. Vendor flavors ship the full CUDA/ROCm runtime base and are bigger.
 CONTAINER_DISK_GB = {"slim": 40, "nvidia": 60, "rocm": 80}
 VOLUME_GB = 200  # models, datasets and checkpoints live on the persistent volume
+GENERATED_HEADER = "# Generated from matrix.yaml by `python -m imagefactory docs`; do not edit by hand."
+DEPLOY_FILES = ("runpod-template.json", "lambda-cloud-init.yaml")
+# --repo lands in markdown, JSON, cloud-init YAML and a shell line: `host[:port]/name` only (no `;`, spaces,
+# newlines, quotes); checked with fullmatch in ASCII.
+DOCS_REPO_PATTERN = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]{1,5})?"
+    r"(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+", re.ASCII)
+
+
+def check_docs_repo(repo: str) -> str:
+    if not DOCS_REPO_PATTERN.fullmatch(repo) or len(repo) > 255:
+        raise UsageError(f"--repo {repo!r}: want host[:port]/name in lower case, e.g. {DOCS_REPO}")
+    return repo
 
 
 @dataclass(frozen=True)
@@ -180,7 +194,7 @@ def lambda_cloud_init(row: SupportedTag, repo: str) -> str:
     return "\n".join([
         "#cloud-config",
         f"# imagefactory {row.target_id}: {row.toolkit}, torch {row.torch}; needs {floor}.",
-        "# Generated from matrix.yaml by `python -m imagefactory docs`; do not edit by hand.",
+        GENERATED_HEADER,
         "# Pulls the image, runs the probe on the GPU (log: /var/log/imagefactory-probe.log), then starts a",
         "# long-lived `trainer` container with /home/ubuntu/workspace mounted at /workspace.",
         "write_files:",
@@ -204,6 +218,7 @@ def lambda_cloud_init(row: SupportedTag, repo: str) -> str:
 
 
 def generate(targets: Iterable[Target], repo: str = DOCS_REPO, docs_dir: Path = Path("docs")) -> dict[Path, str]:
+    check_docs_repo(repo)
     rows = supported_tags(targets)
     files = {
         docs_dir / "supported-tags.md": supported_tags_markdown(rows, repo),
@@ -216,42 +231,96 @@ def generate(targets: Iterable[Target], repo: str = DOCS_REPO, docs_dir: Path = 
     return files
 
 
+def _read(path: Path) -> str | None:
+    """The text of a regular file that is not a link; None otherwise (a directory, a link, unreadable)."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def generated_by_us(path: Path) -> bool:
+    """A deploy file this generator wrote: the cloud-init header, or the template naming its own target.
+    Anything else under docs/deploy is the user's and is never removed."""
+    text = _read(path)
+    if text is None:
+        return False
+    if path.name == "lambda-cloud-init.yaml":
+        return GENERATED_HEADER in text.splitlines()[:4]
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(body, dict) and body.get("name") == f"imagefactory-{path.parent.name}"
+
+
+def _inside(path: Path, docs_dir: Path) -> bool:
+    """True when no link leads `path` out of docs_dir (every component below docs_dir is a real one)."""
+    root = docs_dir.resolve()
+    try:
+        relative = path.relative_to(docs_dir)
+    except ValueError:
+        return False
+    current = docs_dir
+    for part in relative.parts:
+        current = current / part
+        if current.is_symlink():
+            return False
+    return current.resolve().is_relative_to(root) if current.exists() else current.parent.resolve().is_relative_to(root)
+
+
 def _stale(files: Mapping[Path, str], docs_dir: Path) -> list[Path]:
-    """Generated deploy files on disk for targets no longer in the matrix."""
+    """Generated deploy files on disk for targets no longer in the matrix (links and others' files excluded)."""
     deploy = docs_dir / "deploy"
-    on_disk = [p for p in deploy.glob("*/*") if p.name in ("runpod-template.json", "lambda-cloud-init.yaml")] if deploy.is_dir() else []
-    return sorted(p for p in on_disk if p not in files)
+    if deploy.is_symlink() or not deploy.is_dir():
+        return []
+    on_disk = [directory / name for directory in deploy.iterdir() if directory.is_dir() and not directory.is_symlink()
+               for name in DEPLOY_FILES]
+    return sorted(p for p in on_disk if p not in files and _inside(p, docs_dir) and generated_by_us(p))
 
 
 def drift(files: Mapping[Path, str], docs_dir: Path = Path("docs")) -> list[str]:
     """One line per file that differs from what the matrix generates (empty: in sync)."""
     problems = []
     for path, text in sorted(files.items()):
-        if not path.exists():
+        if not _inside(path, docs_dir):
+            problems.append(f"{path}: a link leads out of {docs_dir}; remove it")
+        elif not path.exists() and not path.is_symlink():
             problems.append(f"{path}: missing")
-        elif path.read_text() != text:
+        elif _read(path) != text:
             problems.append(f"{path}: out of date")
     problems += [f"{path}: target no longer in the matrix" for path in _stale(files, docs_dir)]
     return problems
 
 
 def write(files: Mapping[Path, str], docs_dir: Path = Path("docs")) -> list[Path]:
-    """Write files whose text changed (atomically), remove stale deploy files; returns what changed."""
+    """Write files whose text changed (atomically), remove stale deploy files; returns what changed.
+    Never through a link: a path whose folder or file is a symbolic link is refused before anything is
+    written, and only files this generator made are removed."""
+    outside = [path for path in sorted(files) if not _inside(path, docs_dir)]
+    if outside:
+        raise UsageError(f"{outside[0]}: a symbolic link leads out of {docs_dir}; remove it (nothing written)")
     changed = []
     for path, text in sorted(files.items()):
-        if path.exists() and path.read_text() == text:
+        if _read(path) == text:
             continue
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_name(path.name + ".tmp")
+            temporary.unlink(missing_ok=True)  # a stale one (or a link planted there) is replaced, not followed
             temporary.write_text(text)
             temporary.replace(path)
         except OSError as error:
-            raise ImageFactoryError(f"{path}: cannot write ({error.strerror})") from None
+            raise ImageFactoryError(f"{path}: cannot write ({error.strerror or error})") from None
         changed.append(path)
     for path in _stale(files, docs_dir):
-        path.unlink()
-        if not any(path.parent.iterdir()):
-            path.parent.rmdir()
+        try:
+            path.unlink()
+            if not any(path.parent.iterdir()):
+                path.parent.rmdir()
+        except OSError as error:
+            raise ImageFactoryError(f"{path}: cannot remove ({error.strerror or error})") from None
         changed.append(path)
     return changed

@@ -1,17 +1,18 @@
 """Publishing gated images: immutable + floating tags, the gate report on the image, no overwrites.
 
-How an image earns a push (docs/release.md tells the story):
+How an image earns a push (docs/release.md tells the story): trust lies in images, not in files.
 
-1. The gate (imagefactory.build.gate) writes `reports/<target>/gate.json` with the image ID it tested and the
-   result. Push reads it and refuses unless the result passed, the target matches, and that exact image ID
-   is in the local store (so a rebuilt-but-ungated image can never slip through under the same tag).
-2. A label cannot be added to an existing image, so push makes a child `FROM <gated id>` whose only change
-   is three labels: `io.imagefactory.build.gate=passed`, `io.imagefactory.gate.image=<gated id>`,
-   `io.imagefactory.gate.report=<the report, compact JSON>`. No layer is added; the layers pushed are the
-   gated image's, byte for byte.
+1. The gate (imagefactory.build.gate) checks that the candidate's labels name the target it gates (target,
+   SM, toolkit, torch), runs the probe and smoke suite in it and, on a pass, seals it: a child image
+   `FROM <candidate id>` whose only change is labels (`seal_labels`: gate=passed, the candidate's ID, the
+   target, the mode, the report). No layer is added. `reports/<target>/gate.json` names the sealed ID.
+2. Push takes that ID (a full content-addressed `sha256:` ID, never a tag) and trusts nothing in the file
+   but the pointer: the sealed image's labels must say passed and this target, the candidate it names must
+   be in the local store with identity labels matching the target, and both must hold the same layers
+   (`verify_seal`). A hand-written report, a mutable tag or a `FROM scratch` image fails there.
 3. The immutable tag `<id>-torch<ver>-<release>` is pushed first. If the registry already has it, it must
-   hold the same gated image (same `io.imagefactory.gate.image`): then it is left as is; anything else is
-   refused. After the push the registry is asked again and must report the digest just pushed.
+   hold the same gated candidate (same `io.imagefactory.gate.image`): then it is left as is; anything else
+   is refused. After the push the registry is asked again and must report the digest just pushed.
 4. Only then are the floating tags (`<id>`, `<id>-latest`) moved, each to that same digest. A push that
    fails before this point leaves them where they were.
 """
@@ -19,6 +20,7 @@ How an image earns a push (docs/release.md tells the story):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,54 +28,110 @@ from typing import Any, Protocol, TypeVar
 
 from imagefactory.build import docker
 from imagefactory.build.gate import REPORTS_DIR
-from imagefactory.errors import PushFailedError
+from imagefactory.build.seal import (  # noqa: F401 - the label names are part of this module's story
+    GATE_IMAGE_LABEL,
+    GATE_LABEL,
+    GATE_MODE_LABEL,
+    GATE_REPORT_LABEL,
+    GATE_TARGET_LABEL,
+    IDENTITY_LABELS,
+    IMAGE_ID,
+    identity_problems,
+    seal_labels,
+)
+from imagefactory.errors import PushFailedError, UsageError
+from imagefactory.plan.model import Target
 from imagefactory.publish.registry import Registry, RepoRef
 from imagefactory.tags import ReleaseTags
 
-GATE_LABEL = "io.imagefactory.build.gate"
-GATE_IMAGE_LABEL = "io.imagefactory.gate.image"
-GATE_REPORT_LABEL = "io.imagefactory.gate.report"
 SBOM_LABEL = "io.imagefactory.sbom"
 SBOM_PATH = "/opt/imagefactory/sbom.cdx.json"
+MAX_GATE_REPORT = 1024 * 1024  # a gate.json is ~2 KB; a bigger file is refused rather than read
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class GateReport:
-    """What push needs from reports/<target>/gate.json."""
+    """The pointer push reads from reports/<target>/gate.json: which sealed image the gate made. Nothing
+    else in the file is trusted; the image's own labels are (verify_seal)."""
 
     target_id: str
-    image_id: str
-    passed: bool
-    compact_json: str  # the whole report, as it goes into the label
-    mode: str = "unknown"  # "gpu", "cpu" (probe + smoke on the CPU only), or "unknown" (not in the report)
+    sealed_image: str  # full sha256 image ID of the sealed child
 
     @classmethod
     def read(cls, path: Path) -> GateReport:
         try:
-            data = json.loads(path.read_text())
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_GATE_REPORT + 1)
         except FileNotFoundError:
             raise PushFailedError(f"{path}: no gate report; gate the image first (nox -s gate-<target>)") from None
-        except (OSError, ValueError) as error:
-            raise PushFailedError(f"{path}: unreadable gate report ({error})") from None
-        if not isinstance(data, dict) or not data.get("image_id") or not data.get("target"):
-            raise PushFailedError(f"{path}: gate report lacks 'target' or 'image_id'")
-        result = data.get("result", data.get("passed"))
-        return cls(
-            target_id=str(data["target"]),
-            image_id=str(data["image_id"]),
-            passed=result is True or result == "passed",
-            compact_json=json.dumps(data, separators=(",", ":"), sort_keys=True),
-            mode=str(data.get("mode", "unknown")),  # a report that does not say GPU counts as not GPU
-        )
+        except OSError as error:
+            raise PushFailedError(f"{path}: unreadable gate report ({error.strerror or error})") from None
+        if len(raw) > MAX_GATE_REPORT:
+            raise PushFailedError(f"{path}: larger than {MAX_GATE_REPORT // 1024} KiB; not a gate report")
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise PushFailedError(f"{path}: unreadable gate report (not JSON)") from None
+        if not isinstance(data, dict) or not isinstance(data.get("target"), str):
+            raise PushFailedError(f"{path}: gate report lacks 'target'")
+        sealed = data.get("sealed_image")
+        if data.get("result") != "passed" or sealed is None:
+            raise PushFailedError(f"{path}: the gate did not pass (no sealed image); gate the image again")
+        if not isinstance(sealed, str) or not IMAGE_ID.fullmatch(sealed):
+            raise PushFailedError(f"{path}: 'sealed_image' must be a full image ID (sha256:<64 hex>), got {json.dumps(sealed)[:80]}")
+        return cls(target_id=data["target"], sealed_image=sealed)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A sealed image whose labels and layers were checked against its candidate and the target."""
+
+    image_id: str  # the sealed child (what is pushed)
+    candidate_id: str  # the image the gate tested (identity in the registry)
+    mode: str
+    labels: dict[str, str]
+
+
+def _labels(info: dict | None) -> dict[str, str]:
+    labels = ((info or {}).get("Config") or {}).get("Labels") or {}
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+
+def _layers(info: dict) -> list[str]:
+    layers = (info.get("RootFS") or {}).get("Layers") or []
+    return [str(layer) for layer in layers] if isinstance(layers, list) else []
+
+
+def verify_seal(target: Target, sealed_id: str, docker: DockerOps) -> Sealed:
+    """The checks that make a local image publishable; PushFailedError naming the first that fails."""
+    short = sealed_id[:19]
+    info = docker.inspect(sealed_id)
+    if info is None or info.get("Id") != sealed_id:
+        raise PushFailedError(f"{target.id}: sealed image {short} is not in the local Docker store (rebuilt or pruned?); gate again")
+    labels = _labels(info)
+    if labels.get(GATE_LABEL) != "passed" or labels.get(GATE_TARGET_LABEL) != target.id:
+        raise PushFailedError(f"{target.id}: image {short} carries no gate seal for {target.id} "
+                           f"({GATE_LABEL}={labels.get(GATE_LABEL, '(none)')!r}, {GATE_TARGET_LABEL}={labels.get(GATE_TARGET_LABEL, '(none)')!r}); "
+                           "only the gate seals images")
+    candidate_id = labels.get(GATE_IMAGE_LABEL, "")
+    candidate = docker.inspect(candidate_id) if IMAGE_ID.fullmatch(candidate_id) else None
+    if candidate is None or candidate.get("Id") != candidate_id:
+        raise PushFailedError(f"{target.id}: the gated image {candidate_id[:19] or '(none)'} that {short} seals is not in the local store")
+    for name, image in (("gated", candidate), ("sealed", info)):
+        problems = identity_problems(target, _labels(image))
+        if problems:
+            raise PushFailedError(f"{target.id}: {name} image {str(image.get('Id'))[:19]} is not an image of {target.id}: {problems[0]}")
+    if not _layers(info) or _layers(info) != _layers(candidate):
+        raise PushFailedError(f"{target.id}: sealed image {short} holds other layers than the gated image {candidate_id[:19]}")
+    return Sealed(sealed_id, candidate_id, labels.get(GATE_MODE_LABEL, "unknown"), labels)
 
 
 class DockerOps(Protocol):
     """The Docker operations publishing uses (implemented over imagefactory.build.docker; faked in unit tests)."""
 
-    def image_labels(self, ref: str) -> dict[str, str] | None: ...  # None: no such local image
-    def label_child(self, parent_id: str, labels: dict[str, str], tag: str) -> str: ...
+    def inspect(self, ref: str) -> dict | None: ...  # `docker image inspect`; None: no such local image
     def tag(self, source: str, target: str) -> None: ...
     def push(self, ref: str) -> str: ...  # returns the pushed manifest digest
     def pull(self, ref: str) -> None: ...
@@ -86,11 +144,8 @@ class LocalDocker:
     def __init__(self, client: docker.DockerClient | None = None) -> None:
         self.client = client or docker.detect()
 
-    def image_labels(self, ref: str) -> dict[str, str] | None:
-        return docker.image_labels(self.client, ref)
-
-    def label_child(self, parent_id: str, labels: dict[str, str], tag: str) -> str:
-        return self._push_step(docker.label_child, parent_id, labels, tag)
+    def inspect(self, ref: str) -> dict | None:
+        return docker.image_inspect(self.client, ref)
 
     def tag(self, source: str, target: str) -> None:
         self._push_step(docker.tag, source, target)
@@ -141,46 +196,43 @@ class PushResult:
 def publish(
     tags: ReleaseTags,
     report: GateReport,
-    target_id: str,
+    target: Target,
     repo: RepoRef,
     docker: DockerOps,
     registry: Registry,
     say: Callable[[str], None] = print,
     allow_cpu_gate: bool = False,
 ) -> PushResult:
-    """Push one gated image: immutable tag first (never overwritten), then the floating tags."""
+    """Push one sealed image: immutable tag first (never overwritten), then the floating tags."""
+    target_id = target.id
     if report.target_id != target_id:
         raise PushFailedError(f"gate report is for {report.target_id}, not {target_id}")
-    if not report.passed:
-        raise PushFailedError(f"{target_id}: the gate did not pass for image {report.image_id[:19]}; refusing to push")
-    if report.mode != "gpu" and not allow_cpu_gate:
+    sealed = verify_seal(target, report.sealed_image, docker)
+    if sealed.mode != "gpu" and not allow_cpu_gate:
         raise PushFailedError(
-            f"{target_id}: image {report.image_id[:19]} was gated in {report.mode} mode only; gate it on a GPU "
+            f"{target_id}: image {sealed.candidate_id[:19]} was gated in {sealed.mode} mode only; gate it on a GPU "
             "(gate --require-gpu) or pass --allow-cpu-gate"
         )
-    labels = docker.image_labels(report.image_id)
-    if labels is None:
-        raise PushFailedError(f"{target_id}: gated image {report.image_id[:19]} is not in the local Docker store (rebuilt or pruned?)")
+    labels = sealed.labels
     if SBOM_LABEL not in labels:
-        raise PushFailedError(f"{target_id}: image {report.image_id[:19]} has no {SBOM_LABEL} label (no SBOM); rebuild it")
-    if not is_cyclonedx(docker.read_file(report.image_id, labels[SBOM_LABEL])):
-        raise PushFailedError(f"{target_id}: image {report.image_id[:19]} has no CycloneDX JSON at {labels[SBOM_LABEL]} (its {SBOM_LABEL} label)")
+        raise PushFailedError(f"{target_id}: image {sealed.candidate_id[:19]} has no {SBOM_LABEL} label (no SBOM); rebuild it")
+    if not is_cyclonedx(docker.read_file(sealed.image_id, labels[SBOM_LABEL])):
+        raise PushFailedError(f"{target_id}: image {sealed.candidate_id[:19]} has no CycloneDX JSON at {labels[SBOM_LABEL]} (its {SBOM_LABEL} label)")
 
     immutable_ref = f"{repo}:{tags.immutable}"
     remote = registry.image(tags.immutable)
     if remote is not None:
-        if remote.labels.get(GATE_IMAGE_LABEL) != report.image_id:
+        if remote.labels.get(GATE_IMAGE_LABEL) != sealed.candidate_id:
             raise PushFailedError(
                 f"{immutable_ref} already exists with different content (gated image "
-                f"{remote.labels.get(GATE_IMAGE_LABEL, 'unknown')[:19]}, this is {report.image_id[:19]}); "
+                f"{remote.labels.get(GATE_IMAGE_LABEL, 'unknown')[:19]}, this is {sealed.candidate_id[:19]}); "
                 "immutable tags are never overwritten: publish under a new --release"
             )
         say(f"{immutable_ref} already holds this gated image ({remote.digest}); not pushed again")
         digest = remote.digest
         source = f"{repo}@{digest}"  # pulled below only if a floating tag must move
     else:
-        gate_labels = {GATE_LABEL: "passed", GATE_IMAGE_LABEL: report.image_id, GATE_REPORT_LABEL: report.compact_json}
-        docker.label_child(report.image_id, gate_labels, immutable_ref)
+        docker.tag(sealed.image_id, immutable_ref)
         say(f"pushing {immutable_ref} (immutable)")
         digest = docker.push(immutable_ref)
         landed = registry.image(tags.immutable)
@@ -214,9 +266,41 @@ def write_release_record(result: PushResult, target_id: str, reports_dir: Path =
     path = reports_dir / target_id / "release.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".json.tmp")
+    temporary.unlink(missing_ok=True)  # a link planted there is removed, not written through
     temporary.write_text(json.dumps(result.as_json(), indent=2) + "\n")
     temporary.replace(path)  # never a half-written record
     return path
+
+
+# A published reference in a release record: `host[:port]/name:tag`; nothing that could break a markdown
+# table cell or a line (`|`, backticks, newlines).
+RECORD_REF = re.compile(r"[a-z0-9][a-z0-9.:-]*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", re.ASCII)
+RECORD_DIGEST = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
+MAX_RECORD = 1024 * 1024
+
+
+def read_release_record(path: Path) -> dict[str, object]:
+    """One reports/<target>/release.json, every field the summary prints checked; else one line, exit 2."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_RECORD + 1)
+        if len(raw) > MAX_RECORD:
+            raise UsageError(f"{path}: larger than {MAX_RECORD // 1024} KiB; not a release record")
+        data = json.loads(raw)
+    except OSError as error:
+        raise UsageError(f"{path}: unreadable release record ({error.strerror or error})") from None
+    except (ValueError, RecursionError):
+        raise UsageError(f"{path}: unreadable release record (not JSON)") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: a release record is a JSON object, got {type(data).__name__}")
+    immutable, digest, floating = data.get("immutable"), data.get("digest"), data.get("floating")
+    if not isinstance(immutable, str) or not RECORD_REF.fullmatch(immutable):
+        raise UsageError(f"{path}: 'immutable' must be an image reference like host/name:tag, got {json.dumps(immutable)[:80]}")
+    if not isinstance(digest, str) or not RECORD_DIGEST.fullmatch(digest):
+        raise UsageError(f"{path}: 'digest' must be sha256:<64 hex>, got {json.dumps(digest)[:80]}")
+    if not isinstance(floating, list) or not all(isinstance(ref, str) and RECORD_REF.fullmatch(ref) for ref in floating):
+        raise UsageError(f"{path}: 'floating' must be a list of image references, got {json.dumps(floating)[:80]}")
+    return data
 
 
 def summary_markdown(records: Sequence[dict[str, object]]) -> str:

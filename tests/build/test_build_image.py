@@ -111,12 +111,16 @@ def in_image(client, image: str, script: str) -> str:
     return done.stdout
 
 
-def test_gate_passed_and_tagged_the_image(built, client, target):
+def test_gate_passed_and_sealed_and_tagged_the_image(built, client, target):
     if built.built_here:
         assert built.returncode == 0, built.output[-3000:]
     gate = report(target, "gate", built)
     assert gate["result"] == "passed"
-    assert gate["tags"] and all(image_inspect(client, ref)["Id"] == built.image_id for ref in gate["tags"])
+    sealed = image_inspect(client, gate["sealed_image"])  # the tags go on the seal: same layers, gate labels added
+    assert sealed["Config"]["Labels"]["io.imagefactory.gate.image"] == built.image_id
+    assert sealed["Config"]["Labels"]["io.imagefactory.gate"] == "passed"
+    assert sealed["RootFS"]["Layers"] == image_inspect(client, built.image_id)["RootFS"]["Layers"]
+    assert gate["tags"] and all(image_inspect(client, ref)["Id"] == gate["sealed_image"] for ref in gate["tags"])
     if built.built_here:
         repo = target.image_repo
         assert gate["tags"] == [f"{repo}:{target.id}", f"{repo}:{target.id}-latest",

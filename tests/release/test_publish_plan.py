@@ -14,10 +14,14 @@ from imagefactory.plan.matrix import load_matrix
 from imagefactory.publish.push import (
     GATE_IMAGE_LABEL,
     GATE_LABEL,
+    GATE_MODE_LABEL,
     GATE_REPORT_LABEL,
+    GATE_TARGET_LABEL,
+    IDENTITY_LABELS,
     SBOM_LABEL,
     GateReport,
     publish,
+    seal_labels,
     summary_markdown,
     write_release_record,
 )
@@ -25,52 +29,62 @@ from imagefactory.publish.registry import RemoteImage, RepoRef
 from imagefactory.tags import release_tags
 
 REPO = RepoRef.parse("127.0.0.1:5000/imagefactory")
-GATED = "sha256:" + "a" * 64
+TARGETS = all_targets(load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml"))
+HOPPER = next(target for target in TARGETS if target.id == "hopper-cu130")
+TAGS = release_tags(HOPPER, "20261127")
+GATED = "sha256:" + "a" * 64  # the candidate the gate tested
+SEALED = "sha256:" + "5" * 64  # its sealed child
+LAYERS = ["sha256:" + "9" * 64]
+IDENTITY = {key: HOPPER.labels[key] for key in IDENTITY_LABELS}
+
+
+def image(image_id: str, labels: dict[str, str], layers: list[str] = LAYERS) -> dict:
+    """What `docker image inspect` says about an image (the fields push reads)."""
+    return {"Id": image_id, "Config": {"Labels": labels}, "RootFS": {"Type": "layers", "Layers": layers}}
 
 
 class FakeWorld:
     """Docker's local store and a registry, enough to observe what publish() does in which order."""
 
-    def __init__(self) -> None:
-        self.local: dict[str, dict[str, str]] = {GATED: {SBOM_LABEL: "/opt/imagefactory/sbom.cdx.json"}}
+    def __init__(self, mode: str = "gpu") -> None:
+        candidate = {**IDENTITY, SBOM_LABEL: "/opt/imagefactory/sbom.cdx.json"}
+        self.local: dict[str, dict] = {
+            GATED: image(GATED, candidate),
+            SEALED: image(SEALED, {**candidate, **seal_labels(HOPPER, GATED, mode, {"result": "passed", "mode": mode})}),
+        }
         self.refs: dict[str, str] = {}  # local ref → image key
         self.remote: dict[str, RemoteImage] = {}  # tag → image
         self.events: list[str] = []
         self.fail_push_of: str | None = None
-        self.files = {(GATED, "/opt/imagefactory/sbom.cdx.json"): b'{"bomFormat": "CycloneDX", "components": []}'}
+        self.files = {(SEALED, "/opt/imagefactory/sbom.cdx.json"): b'{"bomFormat": "CycloneDX", "components": []}'}
 
     # DockerOps
-    def image_labels(self, ref: str) -> dict[str, str] | None:
+    def inspect(self, ref: str) -> dict | None:
         return self.local.get(self.refs.get(ref, ref))
-
-    def label_child(self, parent_id: str, labels: dict[str, str], tag: str) -> str:
-        child = f"child-of-{parent_id[:12]}"
-        self.local[child] = {**self.local[parent_id], **labels}
-        self.refs[tag] = child
-        self.events.append(f"build {tag}")
-        return child
 
     def tag(self, source: str, target: str) -> None:
         self.refs[target] = self.refs.get(source, source)
+        self.events.append(f"tag {target}")
 
     def push(self, ref: str) -> str:
         if ref == self.fail_push_of:
             raise PushFailedError(f"push of {ref} failed: connection reset")
         key = self.refs[ref]
-        digest = "sha256:" + hashlib.sha256(json.dumps(self.local[key], sort_keys=True).encode()).hexdigest()
-        self.remote[ref.rsplit(":", 1)[1]] = RemoteImage(digest, self.local[key])
+        labels = self.local[key]["Config"]["Labels"]
+        digest = "sha256:" + hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()
+        self.remote[ref.rsplit(":", 1)[1]] = RemoteImage(digest, labels)
         self.events.append(f"push {ref.rsplit(':', 1)[1]}")
         return digest
 
     def pull(self, ref: str) -> None:
         digest = ref.split("@")[1]
-        for image in self.remote.values():
-            if image.digest == digest:
-                self.local[ref] = image.labels
+        for remote in self.remote.values():
+            if remote.digest == digest:
+                self.local[ref] = image(ref, remote.labels)
         self.events.append(f"pull {ref}")
 
-    def read_file(self, image: str, path: str) -> bytes | None:
-        return self.files.get((image, path))
+    def read_file(self, image_id: str, path: str) -> bytes | None:
+        return self.files.get((image_id, path))
 
     # Registry
     def image(self, reference: str) -> RemoteImage | None:
@@ -79,13 +93,8 @@ class FakeWorld:
 
 def report(tmp_path: Path, **fields: object) -> GateReport:
     path = tmp_path / "gate.json"
-    path.write_text(json.dumps({"target": "hopper-cu130", "image_id": GATED, "result": "passed", "mode": "gpu", **fields}))
+    path.write_text(json.dumps({"target": "hopper-cu130", "image_id": GATED, "sealed_image": SEALED, "result": "passed", **fields}))
     return GateReport.read(path)
-
-
-TARGETS = all_targets(load_matrix(Path(__file__).resolve().parents[2] / "matrix.yaml"))
-HOPPER = next(target for target in TARGETS if target.id == "hopper-cu130")
-TAGS = release_tags(HOPPER, "20261127")
 
 
 def test_tags_shape() -> None:
@@ -100,9 +109,12 @@ def test_tags_shape() -> None:
 
 def test_immutable_first_then_floating_all_at_one_digest(tmp_path: Path) -> None:
     world = FakeWorld()
-    result = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
-    assert world.events == ["build 127.0.0.1:5000/imagefactory:hopper-cu130-torch2.14.1-20261127",
-                            "push hopper-cu130-torch2.14.1-20261127", "push hopper-cu130", "push hopper-cu130-latest"]
+    result = publish(TAGS, report(tmp_path), HOPPER, REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    assert world.events == ["tag 127.0.0.1:5000/imagefactory:hopper-cu130-torch2.14.1-20261127",
+                            "push hopper-cu130-torch2.14.1-20261127",
+                            "tag 127.0.0.1:5000/imagefactory:hopper-cu130", "push hopper-cu130",
+                            "tag 127.0.0.1:5000/imagefactory:hopper-cu130-latest", "push hopper-cu130-latest"]
+    assert world.refs[f"{REPO}:{TAGS.immutable}"] == SEALED  # the sealed child is what is pushed
     assert {world.remote[t].digest for t in (TAGS.immutable, *TAGS.floating)} == {result.digest}
     labels = world.remote[TAGS.immutable].labels
     assert labels[GATE_LABEL] == "passed" and labels[GATE_IMAGE_LABEL] == GATED
@@ -115,7 +127,7 @@ def test_failed_immutable_push_leaves_floating_tags(tmp_path: Path) -> None:
     world.remote["hopper-cu130"] = world.remote["hopper-cu130-latest"] = old
     world.fail_push_of = f"{REPO}:{TAGS.immutable}"
     with pytest.raises(PushFailedError, match="connection reset"):
-        publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+        publish(TAGS, report(tmp_path), HOPPER, REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert world.remote["hopper-cu130"] is old and world.remote["hopper-cu130-latest"] is old
 
 
@@ -123,52 +135,68 @@ def test_refuses_to_overwrite_immutable_tag_with_other_content(tmp_path: Path) -
     world = FakeWorld()
     world.remote[TAGS.immutable] = RemoteImage("sha256:" + "1" * 64, {GATE_IMAGE_LABEL: "sha256:" + "b" * 64})
     with pytest.raises(PushFailedError, match="already exists with different content"):
-        publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+        publish(TAGS, report(tmp_path), HOPPER, REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert world.events == []
 
 
 def test_same_content_again_is_not_pushed_but_floating_tags_follow(tmp_path: Path) -> None:
     world = FakeWorld()
-    first = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    first = publish(TAGS, report(tmp_path), HOPPER, REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     world.events.clear()
-    second = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    second = publish(TAGS, report(tmp_path), HOPPER, REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert second.already_there and second.digest == first.digest
     assert world.events == []  # floating tags already there: nothing pulled or pushed
 
 
-@pytest.mark.parametrize(
-    ("fields", "local", "message"),
-    [
-        ({"result": "failed"}, None, "the gate did not pass"),
-        ({"target": "ampere-cu121"}, None, "gate report is for ampere-cu121"),
-        ({}, {}, "not in the local Docker store"),
-        ({}, {GATED: {}}, "no io.imagefactory.sbom label"),
-        ({"mode": "cpu"}, None, "gated in cpu mode only"),
-        ({}, {GATED: {SBOM_LABEL: "/elsewhere.json"}}, "no CycloneDX JSON at /elsewhere.json"),
-    ],
-)
-def test_refusals_before_anything_is_pushed(tmp_path: Path, fields: dict, local: dict | None, message: str) -> None:
+AMPERE = next(target for target in TARGETS if target.id == "ampere-cu130")
+REFUSALS = {
+    # (change to the fake world, message)
+    "report for another target": (lambda w: None, {"target": "ampere-cu121"}, "gate report is for ampere-cu121"),
+    "failed gate": (lambda w: None, {"result": "failed"}, "the gate did not pass"),
+    "sealed image gone": (lambda w: w.local.pop(SEALED), {}, "sealed image sha256:555555555555 is not in the local Docker store"),
+    "a mutable tag as the sealed image": (lambda w: None, {"sealed_image": "imagefactory:hopper-cu130"}, "must be a full image ID"),
+    "not sealed (hand-written report naming the candidate)": (lambda w: None, {"sealed_image": GATED}, "carries no gate seal"),
+    "sealed for another target": (lambda w: w.local[SEALED]["Config"]["Labels"].update({GATE_TARGET_LABEL: "ampere-cu130"}), {},
+                                  "carries no gate seal for hopper-cu130"),
+    "candidate gone": (lambda w: w.local.pop(GATED), {}, "that sha256:555555555555 seals is not in the local store"),
+    "candidate of another target": (lambda w: w.local[GATED]["Config"]["Labels"].update({"io.imagefactory.target": "ampere-cu130"}), {},
+                                    "gated image sha256:aaaaaaaaaaaa is not an image of hopper-cu130"),
+    "seal relabelled to another SM": (lambda w: w.local[SEALED]["Config"]["Labels"].update({"io.imagefactory.sm": AMPERE.labels["io.imagefactory.sm"]}),
+                                      {}, "sealed image .* is not an image of hopper-cu130: io.imagefactory.sm"),
+    "other torch": (lambda w: w.local[GATED]["Config"]["Labels"].update({"io.imagefactory.torch": "2.7.1"}), {}, "io.imagefactory.torch='2.7.1'"),
+    "FROM scratch with copied labels": (lambda w: w.local[SEALED].update({"RootFS": {"Layers": ["sha256:" + "e" * 64]}}), {},
+                                        "holds other layers than the gated image"),
+    "no layers at all": (lambda w: [w.local[k].update({"RootFS": {}}) for k in (SEALED, GATED)], {}, "holds other layers"),
+    "no SBOM label": (lambda w: w.local[SEALED]["Config"]["Labels"].pop(SBOM_LABEL), {}, "no io.imagefactory.sbom label"),
+    "SBOM elsewhere": (lambda w: w.local[SEALED]["Config"]["Labels"].update({SBOM_LABEL: "/elsewhere.json"}), {}, "no CycloneDX JSON at /elsewhere.json"),
+    "cpu gate": (lambda w: w.local[SEALED]["Config"]["Labels"].update({GATE_MODE_LABEL: "cpu"}), {}, "gated in cpu mode only"),
+    "no mode label": (lambda w: w.local[SEALED]["Config"]["Labels"].pop(GATE_MODE_LABEL), {}, "gated in unknown mode only.*--allow-cpu-gate"),
+}
+
+
+@pytest.mark.parametrize(("change", "fields", "message"), REFUSALS.values(), ids=REFUSALS.keys())
+def test_refusals_before_anything_is_pushed(tmp_path: Path, change, fields: dict, message: str) -> None:
+    """Gate and push trust images, not files: each way of faking a pass is refused before any push."""
     world = FakeWorld()
-    if local is not None:
-        world.local = local
+    change(world)
     with pytest.raises(PushFailedError, match=message):
-        publish(TAGS, report(tmp_path, **fields), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+        publish(TAGS, report(tmp_path, **fields), HOPPER, REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     assert world.events == [] and world.remote == {}
 
 
-def test_a_report_that_does_not_name_its_mode_is_not_a_gpu_gate(tmp_path: Path) -> None:
+def test_a_huge_gate_report_is_refused_not_passed_on(tmp_path: Path) -> None:
+    """A gate.json over 128 KB used to reach `docker build --label` (argument list too long, exit 70)."""
     path = tmp_path / "gate.json"
-    path.write_text(json.dumps({"target": "hopper-cu130", "image_id": GATED, "result": "passed"}))
-    world = FakeWorld()
-    with pytest.raises(PushFailedError, match="gated in unknown mode only.*--allow-cpu-gate"):
-        publish(TAGS, GateReport.read(path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
-    assert world.events == []
+    path.write_text(json.dumps({"target": "hopper-cu130", "sealed_image": SEALED, "result": "passed", "pad": "x" * 2_000_000}))
+    with pytest.raises(PushFailedError, match="larger than 1024 KiB"):
+        GateReport.read(path)
 
 
 def test_cpu_gate_allowed_when_asked(tmp_path: Path) -> None:
-    world = FakeWorld()
-    publish(TAGS, report(tmp_path, mode="cpu"), "hopper-cu130", REPO, world, world, say=lambda _m: None, allow_cpu_gate=True)  # type: ignore[arg-type]
+    world = FakeWorld(mode="cpu")
+    publish(TAGS, report(tmp_path), HOPPER, REPO, world, world, say=lambda _m: None, allow_cpu_gate=True)  # type: ignore[arg-type]
     assert json.loads(world.remote[TAGS.immutable].labels[GATE_REPORT_LABEL])["mode"] == "cpu"
+    assert world.remote[TAGS.immutable].labels[GATE_MODE_LABEL] == "cpu"
 
 
 def test_gate_report_errors_are_one_line(tmp_path: Path) -> None:
@@ -177,11 +205,14 @@ def test_gate_report_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(PushFailedError, match="unreadable gate report"):
         GateReport.read(tmp_path / "bad.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    with pytest.raises(PushFailedError, match="unreadable gate report"):
+        GateReport.read(tmp_path / "deep.json")
 
 
 def test_release_record_and_summary(tmp_path: Path) -> None:
     world = FakeWorld()
-    result = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    result = publish(TAGS, report(tmp_path), HOPPER, REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     path = write_release_record(result, "hopper-cu130", tmp_path / "reports")
     record = json.loads(path.read_text())
     assert record["pull_by_digest"] == f"{REPO}@{result.digest}"
@@ -192,7 +223,7 @@ def test_release_record_and_summary(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["imagefactory", "127.0.0.1:5000", "ghcr.io/Org/Images"])
 def test_registry_argument_is_checked(text: str) -> None:
-    with pytest.raises(PushFailedError, match="--registry"):
+    with pytest.raises(UsageError, match="--registry"):
         RepoRef.parse(text)
 
 
@@ -211,10 +242,11 @@ def test_push_progress_counts_layers_and_finds_the_digest() -> None:
 
 def test_floating_tags_moved_from_an_existing_immutable_tag_are_pulled_first(tmp_path: Path) -> None:
     world = FakeWorld()
-    first = publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    first = publish(TAGS, report(tmp_path), HOPPER, REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
     del world.remote["hopper-cu130"], world.remote["hopper-cu130-latest"]
     world.events.clear()
-    publish(TAGS, report(tmp_path), "hopper-cu130", REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    publish(TAGS, report(tmp_path), HOPPER, REPO, world, world, say=lambda _m: None)  # type: ignore[arg-type]
+    world.events = [e for e in world.events if not e.startswith("tag")]
     assert world.events == [f"pull {REPO}@{first.digest}", "push hopper-cu130", "push hopper-cu130-latest"]
     assert world.remote["hopper-cu130-latest"].digest == first.digest
 

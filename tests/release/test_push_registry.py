@@ -11,8 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from imagefactory.build.docker import label_child
 from imagefactory.errors import PushFailedError
-from imagefactory.publish.push import GATE_IMAGE_LABEL, GATE_LABEL, GATE_REPORT_LABEL, SBOM_LABEL, GateReport, LocalDocker, publish
+from imagefactory.publish.push import (
+    GATE_IMAGE_LABEL,
+    GATE_LABEL,
+    GATE_REPORT_LABEL,
+    IDENTITY_LABELS,
+    SBOM_LABEL,
+    GateReport,
+    LocalDocker,
+    publish,
+    seal_labels,
+)
 from imagefactory.publish.registry import Registry, RepoRef
 from imagefactory.tags import release_tags
 
@@ -34,8 +45,8 @@ def docker(*args: str) -> str:
     return done.stdout.strip()
 
 
-def tiny_image(tmp_path: Path, content: str, *, sbom: bool = True) -> str:
-    """A one-file image (docker import of a tar), labelled like a gated build; returns its ID."""
+def tiny_image(tmp_path: Path, content: str, *, sbom: bool = True, target_id: str = TARGET) -> str:
+    """A one-file image (docker import of a tar), labelled like a build of `target_id`; returns its ID."""
     root = tmp_path / f"root-{content}"
     if (tmp_path / f"{content}.id").exists():  # one image per content within a test (import stamps a new date)
         return (tmp_path / f"{content}.id").read_text()
@@ -44,15 +55,31 @@ def tiny_image(tmp_path: Path, content: str, *, sbom: bool = True) -> str:
     archive = tmp_path / f"{content}.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(root, arcname=".")
-    change = ["-c", f"LABEL {SBOM_LABEL}=/opt/imagefactory/sbom.cdx.json"] if sbom else []
+    target = hopper_target()
+    labels = {key: target.labels[key] for key in IDENTITY_LABELS} | {"io.imagefactory.target": target_id}
+    if sbom:
+        labels[SBOM_LABEL] = "/opt/imagefactory/sbom.cdx.json"
+    change = [arg for key, value in labels.items() for arg in ("-c", f"LABEL {key}={value}")]
     image_id = docker("import", *change, str(archive), f"imagefactory-test/{tmp_path.name.lower()}:{content}")
     (tmp_path / f"{content}.id").write_text(image_id)
     return image_id
 
 
+def child(tmp_path: Path, image_id: str, labels: dict[str, str]) -> str:
+    """A labelled child (imagefactory.build.docker.label_child), named so that the cleanup finds it."""
+    made = label_child(LocalDocker().client, image_id, labels)
+    docker("tag", made, f"imagefactory-test/{tmp_path.name.lower()}:child-{made[7:19]}")
+    return made
+
+
+def seal(tmp_path: Path, image_id: str, mode: str = "gpu") -> str:
+    """What the gate does on a pass: the sealed child of the candidate."""
+    return child(tmp_path, image_id, seal_labels(hopper_target(), image_id, mode, {"result": "passed", "checks": 12}))
+
+
 def gate_report(tmp_path: Path, image_id: str, result: str = "passed") -> GateReport:
     path = tmp_path / f"gate-{image_id[7:19]}.json"
-    path.write_text(json.dumps({"target": TARGET, "image_id": image_id, "result": result, "mode": "gpu", "checks": 12}))
+    path.write_text(json.dumps({"target": TARGET, "image_id": image_id, "result": result, "sealed_image": seal(tmp_path, image_id)}))
     return GateReport.read(path)
 
 
@@ -63,7 +90,7 @@ def remove_test_images(tmp_path: Path, local_registry) -> Iterator[None]:
     ours = (f"{local_registry.host}/", f"imagefactory-test/{tmp_path.name.lower()}")
     rows = [line.split() for line in docker("images", "--no-trunc", "--format", "{{.ID}} {{.Repository}}").splitlines()]
     ids = sorted({image_id for image_id, repository in rows if repository.startswith(ours)})
-    for _pass in range(2):  # labelled children first, then the tiny images they were made FROM
+    for _pass in range(3):  # labelled children (seals of children too) first, then the tiny images they were made FROM
         if ids:
             subprocess.run([LocalDocker().client.executable, "rmi", "--force", *ids], capture_output=True, check=False)
 
@@ -74,7 +101,7 @@ def repo(local_registry) -> RepoRef:
 
 
 def push(tmp_path: Path, repo: RepoRef, image_id: str, release: str, docker_ops=None):
-    return publish(release_tags(hopper_target(), release), gate_report(tmp_path, image_id), TARGET, repo,
+    return publish(release_tags(hopper_target(), release), gate_report(tmp_path, image_id), hopper_target(), repo,
                    docker_ops or LocalDocker(), Registry(repo), say=lambda _m: None)
 
 
@@ -141,15 +168,33 @@ def test_push_failing_midway_leaves_floating_tags(tmp_path: Path, repo: RepoRef,
     assert registry.image("hopper-cu130-torch2.14.1-20261128") is None
 
 
-def test_refuses_ungated_and_sbom_less_images(tmp_path: Path, repo: RepoRef) -> None:
+def test_refuses_what_the_gate_did_not_seal(tmp_path: Path, repo: RepoRef) -> None:
+    """Trust lies in images: a hand-written report naming an unsealed image, an image sealed for another
+    target, a FROM-scratch image with copied labels and an SBOM-less image are all refused, nothing pushed."""
     image = tiny_image(tmp_path, "a")
-    with pytest.raises(PushFailedError, match="the gate did not pass"):
-        publish(release_tags(hopper_target(), "1"), gate_report(tmp_path, image, "failed"), TARGET, repo, LocalDocker(), Registry(repo))
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps({"target": TARGET, "result": "passed", "mode": "gpu", "sealed_image": image}))
+    with pytest.raises(PushFailedError, match="carries no gate seal"):
+        publish(release_tags(hopper_target(), "1"), GateReport.read(forged), hopper_target(), repo, LocalDocker(), Registry(repo))
+    forged.write_text(json.dumps({"target": TARGET, "result": "passed", "mode": "gpu", "sealed_image": f"imagefactory-test/{tmp_path.name.lower()}:a"}))
+    with pytest.raises(PushFailedError, match="must be a full image ID"):
+        GateReport.read(forged)
+
+    ampere = tiny_image(tmp_path, "amp", target_id="ampere-cu130")
+    with pytest.raises(PushFailedError, match="is not an image of hopper-cu130: io.imagefactory.target='ampere-cu130'"):
+        push(tmp_path, repo, ampere, "1")
+
+    # labels copied onto other content: a seal's labels on a one-file image that is not the candidate
+    sealed_labels = json.loads(docker("image", "inspect", "--format", "{{json .Config.Labels}}", seal(tmp_path, image)))
+    other = tiny_image(tmp_path, "other")
+    copied = child(tmp_path, other, sealed_labels)
+    forged.write_text(json.dumps({"target": TARGET, "result": "passed", "sealed_image": copied}))
+    with pytest.raises(PushFailedError, match="holds other layers than the gated image"):
+        publish(release_tags(hopper_target(), "1"), GateReport.read(forged), hopper_target(), repo, LocalDocker(), Registry(repo))
+
     with pytest.raises(PushFailedError, match="no io.imagefactory.sbom label"):
         push(tmp_path, repo, tiny_image(tmp_path, "nosbom", sbom=False), "1")
-    other = tiny_image(tmp_path, "c")
-    labels = {SBOM_LABEL: "/opt/imagefactory/missing.cdx.json"}
-    mislabelled = LocalDocker().label_child(other, labels, f"imagefactory-test/{tmp_path.name.lower()}:mislabelled")
+    mislabelled = child(tmp_path, tiny_image(tmp_path, "c"), {SBOM_LABEL: "/opt/imagefactory/missing.cdx.json"})
     with pytest.raises(PushFailedError, match="no CycloneDX JSON at /opt/imagefactory/missing.cdx.json"):
         push(tmp_path, repo, mislabelled, "1")
     assert Registry(repo).tags() == []
@@ -162,7 +207,8 @@ def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Pa
 
     image = tiny_image(tmp_path, "a")
     (tmp_path / "reports" / TARGET).mkdir(parents=True)
-    (tmp_path / "reports" / TARGET / "gate.json").write_text(json.dumps({"target": TARGET, "image_id": image, "result": "passed", "mode": "gpu"}))
+    (tmp_path / "reports" / TARGET / "gate.json").write_text(
+        json.dumps({"target": TARGET, "image_id": image, "result": "passed", "sealed_image": seal(tmp_path, image)}))
     argv = ["push", TARGET, "--registry", str(repo), "--release", "20261127", "--reports-dir", str(tmp_path / "reports")]
     assert cli_main(argv) == 0
     record = json.loads((tmp_path / "reports" / TARGET / "release.json").read_text())
@@ -172,9 +218,8 @@ def test_cli_push_record_summary_and_probe_select_from_the_registry(tmp_path: Pa
     assert f"`{repo}:hopper-cu130-latest`" in capsys.readouterr().out
 
     # a second push of other content under the same release: one-line refusal, exit 7
-    other = tiny_image(tmp_path, "b")
     (tmp_path / "reports" / TARGET / "gate.json").write_text(
-        json.dumps({"target": TARGET, "image_id": other, "result": "passed", "mode": "gpu"}))
+        json.dumps({"target": TARGET, "result": "passed", "sealed_image": seal(tmp_path, tiny_image(tmp_path, "b"))}))
     assert cli_main(argv) == 7
     err = capsys.readouterr().err
     assert "error: " in err and "already exists with different content" in err and "Traceback" not in err
