@@ -95,14 +95,21 @@ def test_labels(config, built):
     assert labels["org.opencontainers.image.created"].startswith("20")
 
 
-def test_runtime_user_is_not_root(config, client, built):
-    assert config["User"] == "1000:1000"
-    assert in_image(client, built.image_id, "id -u; id -g").split() == ["1000", "1000"]
+def test_the_workload_runs_as_trainer_behind_the_pod_entrypoint(config, client, built):
+    # The image starts as root only for the entrypoint's setup (sshd, /workspace); it runs every command as
+    # trainer (uid 1000) through setpriv. `docker run --user 1000` works too (no sshd then): tests/pod.
+    assert config["Entrypoint"] == ["/usr/bin/python3", "-I", "-S", "/opt/imagefactory/pod/entrypoint.py"]
+    assert not config.get("User") and not config.get("Cmd")
+    assert in_image(client, built.image_id, "id -u; id -g; echo $HOME").split() == ["1000", "1000", "/home/trainer"]
 
 
 def test_expected_identity_and_cache_dir_are_set(config):
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["TRITON_CACHE_DIR"] == "/opt/triton-cache"
+    # The baked cache is read through the layered manager; new kernels go to TRITON_CACHE_DIR, which the
+    # entrypoint sets (on /workspace when mounted; Triton's default in the home otherwise).
+    assert "TRITON_CACHE_DIR" not in env
+    assert env["IMAGEFACTORY_TRITON_BAKED_CACHE"] == "/opt/triton-cache"
+    assert env["TRITON_CACHE_MANAGER"] == "pod.triton_cache:LayeredCacheManager"
     # the libcuda directory is part of triton's module cache key: the warm step's stub, shipped in the cache
     assert env["TRITON_LIBCUDA_PATH"] == "/opt/triton-cache/imagefactory-stub"
     assert env["PROBE_EXPECT_TARGET"] == TARGET and env["PROBE_EXPECT_SM"] == "9.0"
