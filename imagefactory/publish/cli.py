@@ -31,7 +31,18 @@ def _matrix(args: argparse.Namespace):
 def cmd_docs(args: argparse.Namespace) -> int:
     from imagefactory.plan.expand import all_targets  # noqa: PLC0415
 
-    files = generate(all_targets(_matrix(args)), repo=args.repo, docs_dir=args.docs_dir)
+    from imagefactory.publish import sizes  # noqa: PLC0415
+
+    targets = all_targets(_matrix(args))
+    measured = sizes.load(args.docs_dir)
+    if args.measure and not args.check:
+        from imagefactory.build.docker import detect  # noqa: PLC0415 - execution layer, only for --measure
+
+        found = sizes.measure(detect(os.environ.get("IMAGEFACTORY_DOCKER")), targets)
+        print(f"measured {len(found)} local image(s): " + (", ".join(f"{t} {b / 1e9:.1f} GB" for t, b in sorted(found.items())) or "none"))
+        measured |= found
+        sizes.write(args.docs_dir, measured)
+    files = generate(targets, repo=args.repo, docs_dir=args.docs_dir, sizes=measured)
     if args.check:
         problems = drift(files, args.docs_dir)
         for problem in problems:
@@ -93,6 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     docs.add_argument("--check", action="store_true", help="change nothing; exit 1 when a generated file differs")
     docs.add_argument("--repo", default=DOCS_REPO, help=f"repository the docs name (default: {DOCS_REPO})")
     docs.add_argument("--docs-dir", type=Path, default=Path("docs"))
+    docs.add_argument("--measure", action="store_true",
+                      help="first record the sizes of the local gated images in docs/deploy/image-sizes.json "
+                           "(RunPod's container disk is sized from them)")
     docs.set_defaults(func=cmd_docs)
 
     summary = sub.add_parser("summary", help="markdown table of reports/*/release.json")
