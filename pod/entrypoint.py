@@ -264,7 +264,8 @@ def start_sshd(p: Plan, report: Path | None) -> subprocess.Popen | None:
     log = RUN_DIR / "sshd.log"
     check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True, check=False)
     if check.returncode != 0:
-        say(f"FAILED: sshd refuses its configuration: {check.stderr.strip().splitlines()[-1:]}")
+        reason = (check.stderr.strip().splitlines() or ["no reason given"])[-1]
+        say(f"FAILED: sshd refuses its configuration ({reason}): not started")
         return None
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
@@ -368,6 +369,15 @@ def supervise(children: dict[str, subprocess.Popen]) -> int:
             say(f"{name} exited (status {os.waitstatus_to_exitcode(status)}); the container stays up")
 
 
+def guarded(what: str, step, *args):
+    """Run one setup step; a failure is said loudly and the rest of the pod still starts (no one is locked out)."""
+    try:
+        return step(*args)
+    except (OSError, subprocess.SubprocessError) as exc:
+        say(f"FAILED: {what}: {exc}")
+        return None
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["probe-at-start"] and len(argv) == 2:
         return probe_at_start(Path(argv[1]))
@@ -383,24 +393,26 @@ def main(argv: list[str]) -> int:
         return 2
     started = time.monotonic()
     if root and workspace is not None:
-        prepare_workspace(workspace)
+        guarded(f"preparing {workspace}", prepare_workspace, workspace)
         if "TORCHINDUCTOR_CACHE_DIR" not in env:
-            link_inductor_cache(workspace / ".cache" / "torchinductor")
+            guarded("linking inductor's cache", link_inductor_cache, workspace / ".cache" / "torchinductor")
     children: dict[str, subprocess.Popen] = {}
     report = report_path(p) if p.probe_in_background else None
     if p.ssh_port is not None:
         if root:
-            proc = start_sshd(p, report)
+            proc = guarded("starting sshd", start_sshd, p, report)
             if proc:
                 children["sshd"] = proc
         else:
             say(f"PUBLIC_KEY is set but sshd needs root (this container runs as uid {os.geteuid()}): not started")
     if p.jupyter_port is not None:
-        proc = start_jupyter(p, root)
+        proc = guarded("starting JupyterLab", start_jupyter, p, root)
         if proc:
             children["jupyter"] = proc
     if p.probe_in_background:
-        children["probe"] = start_probe(p, root)
+        proc = guarded("starting the probe", start_probe, p, root)
+        if proc:
+            children["probe"] = proc
     if children:
         say(f"started {', '.join(children)} in {time.monotonic() - started:.1f} s")
     command = list(p.command) if p.command else ([] if p.stay_up else [VENV_PYTHON, "-m", "probe"])

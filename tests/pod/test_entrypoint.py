@@ -116,3 +116,11 @@ def test_an_unexpanded_runpod_secret_is_never_a_key_or_a_token():
     p = plan({"PUBLIC_KEY": "{{ RUNPOD_SECRET_PUBLIC_KEY }}", "JUPYTER_PASSWORD": "{{ RUNPOD_SECRET_JUPYTER_PASSWORD }}"})
     assert (p.ssh_port, p.jupyter_port) == (None, None)
     assert len(p.notes) == 2 and "treated as unset" in p.notes[0]
+
+
+def test_a_failing_setup_step_is_said_and_does_not_stop_the_pod(capsys):
+    def broken():
+        raise PermissionError(13, "Permission denied", "/workspace")
+
+    assert ep.guarded("preparing /workspace", broken) is None
+    assert "imagefactory pod: FAILED: preparing /workspace: [Errno 13] Permission denied" in capsys.readouterr().err
