@@ -34,10 +34,11 @@ HOME = Path("/home/trainer")
 WORKSPACE = Path("/workspace")
 JUPYTER = Path("/opt/jupyter/bin/jupyter-lab")
 VENV_PYTHON = "/opt/venv/bin/python"
-KERNEL_SPECS = Path(__file__).resolve().parent / "jupyter"  # kernels/python3/kernel.json
+JUPYTER_FILES = Path(__file__).resolve().parent / "jupyter"  # kernels/python3/kernel.json, jupyter_server_config.json
 SSHD = "/usr/sbin/sshd"
 RUN_DIR = Path("/run/imagefactory")  # generated sshd config, authorized keys, logs: container-local, not a layer
-HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+# No RSA host key: generating one takes up to seconds at start, and every OpenSSH client since 6.5 speaks ed25519.
+HOST_KEY_TYPES = ("ed25519", "ecdsa")
 # Variables that configure the pod, not the workload: kept out of ssh sessions (the keys are multi-line).
 POD_CONTROL = ("PUBLIC_KEY", "SSH_KEY", "JUPYTER_PASSWORD")
 # Per-session variables sshd and login set themselves.
@@ -278,15 +279,16 @@ def start_jupyter(p: Plan, root: bool) -> subprocess.Popen | None:
         say(f"JUPYTER_PASSWORD is set but this image has no JupyterLab ({JUPYTER}): not started")
         return None
     notebook_dir = p.workspace if p.workspace is not None else HOME
-    argv = [str(JUPYTER), "--no-browser", "--ip=0.0.0.0", f"--port={p.jupyter_port}",
-            f"--ServerApp.root_dir={notebook_dir}", "--ServerApp.allow_remote_access=True",
-            "--ServerApp.allow_origin=*", "--ServerApp.trust_xheaders=True",  # RunPod's HTTPS proxy in front
-            "--ServerApp.port_retries=0"]
+    # Static settings (remote access behind RunPod's HTTPS proxy, login-shell terminals, no language-server scan)
+    # are in pod/jupyter/jupyter_server_config.json, found through JUPYTER_CONFIG_PATH.
+    argv = [str(JUPYTER), "--ip=0.0.0.0", f"--port={p.jupyter_port}", f"--ServerApp.root_dir={notebook_dir}"]
     # The token through the environment, not the command line (ps shows that to every user). JUPYTER_PATH: the
     # kernel spec that runs /opt/venv's python (ipykernel's own would run /opt/jupyter's, which has no torch).
-    env = dict(p.env, JUPYTER_TOKEN=p.jupyter_token, SHELL="/bin/bash", JUPYTER_PATH=str(KERNEL_SPECS))
+    env = dict(p.env, JUPYTER_TOKEN=p.jupyter_token, SHELL="/bin/bash", JUPYTER_PATH=str(JUPYTER_FILES),
+               JUPYTER_CONFIG_PATH=str(JUPYTER_FILES))
     env.pop("JUPYTER_PASSWORD", None)
     log_dir = RUN_DIR if root else Path(env["HOME"])
+    log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "jupyter.log"
     proc = subprocess.Popen(as_trainer_argv(argv) if root else argv, env=env, cwd=str(notebook_dir),
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

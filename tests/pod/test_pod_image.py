@@ -115,9 +115,17 @@ def test_jupyter_password_is_the_token_of_jupyterlab(container):
         specs = json.load(response)
     spec = specs["kernelspecs"][specs["default"]]["spec"]
     assert spec["argv"][0] == "/opt/venv/bin/python"  # the training venv, not Jupyter's own
-    # The kernel's interpreter finds ipykernel (Jupyter's venv, appended) and torch (its own).
-    code = spec["argv"][2].split("; from ipykernel.kernelapp")[0] + "; import ipykernel, torch; print('ok')"
-    assert c.exec("/opt/venv/bin/python", "-c", code, user="1000").stdout.strip() == "ok"
+    # A real kernel through jupyter_client (what the server uses), running code: torch from /opt/venv.
+    client = ("from jupyter_client.manager import start_new_kernel\n"
+              "km, kc = start_new_kernel(kernel_name='python3', startup_timeout=300)\n"
+              "out = []\n"
+              "kc.execute_interactive('import sys, torch; print(sys.executable, torch.__version__)', timeout=600,\n"
+              "                      output_hook=lambda m: out.append(m['content'].get('text', '')))\n"
+              "print(''.join(out).strip())\n"
+              "km.shutdown_kernel(now=True)\n")
+    ran = c.exec("env", "HOME=/home/trainer", "JUPYTER_PATH=/opt/imagefactory/pod/jupyter", "/opt/jupyter/bin/python",
+                 "-c", client, user="1000")
+    assert ran.stdout.strip().startswith("/opt/venv/bin/python 2."), ran.stdout + ran.stderr
     jupyter_uid = c.exec("sh", "-c", "grep -l jupyter /proc/[0-9]*/cmdline | head -1 | xargs dirname | "
                                      "xargs -I{} awk '/^Uid:/ {print $2}' {}/status").stdout.strip()
     assert jupyter_uid == "1000"
