@@ -126,9 +126,9 @@ def test_jupyter_password_is_the_token_of_jupyterlab(container):
     ran = c.exec("env", "HOME=/home/trainer", "JUPYTER_PATH=/opt/imagefactory/pod/jupyter", "/opt/jupyter/bin/python",
                  "-c", client, user="1000")
     assert ran.stdout.strip().startswith("/opt/venv/bin/python 2."), ran.stdout + ran.stderr
-    jupyter_uid = c.exec("sh", "-c", "grep -l jupyter /proc/[0-9]*/cmdline | head -1 | xargs dirname | "
-                                     "xargs -I{} awk '/^Uid:/ {print $2}' {}/status").stdout.strip()
-    assert jupyter_uid == "1000"
+    # the server process (its comm is the script's name) and the kernels run as trainer
+    owners = c.exec("ps", "-C", "jupyter-lab", "-o", "uid=").stdout.split()
+    assert owners == ["1000"], c.exec("ps", "-eo", "uid,comm,args").stdout
     assert "sshd" not in processes(c)
 
 
