@@ -63,6 +63,8 @@ def http_status(url: str, token: str | None = None, timeout: float = 5) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+    except (urllib.error.URLError, OSError):  # nothing listening yet
+        return 0
 
 
 class Container:
