@@ -97,7 +97,7 @@ def authorized_keys(text: str) -> tuple[str, ...]:
 def workload_env(env: dict[str, str], workspace: Path | None) -> dict[str, str]:
     """The command's environment: the container's, with a home, and the caches on the volume when there is one.
     Variables the user set win: the entrypoint only fills in what is missing."""
-    out = {k: v for k, v in env.items()}
+    out = dict(env)
     out.update(HOME=str(HOME), USER=USER, LOGNAME=USER)
     if workspace is not None:
         cache = workspace / ".cache"
