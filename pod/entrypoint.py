@@ -371,6 +371,14 @@ def supervise(children: dict[str, subprocess.Popen]) -> int:
             say(f"{name} exited (status {os.waitstatus_to_exitcode(status)}); the container stays up")
 
 
+def workload_command(p: Plan) -> list[str]:
+    """What runs as the container's main process: the command; with none, the probe's report (`docker run IMAGE`
+    stays meaningful); nothing when the pod stays up (the entrypoint then supervises)."""
+    if p.command:
+        return list(p.command)
+    return [] if p.stay_up else [VENV_PYTHON, "-m", "probe"]
+
+
 def guarded(what: str, step, *args):
     """Run one setup step; a failure is said loudly and the rest of the pod still starts (no one is locked out)."""
     try:
@@ -417,7 +425,7 @@ def main(argv: list[str]) -> int:
             children["probe"] = proc
     if children:
         say(f"started {', '.join(children)} in {time.monotonic() - started:.1f} s")
-    command = list(p.command) if p.command else ([] if p.stay_up else [VENV_PYTHON, "-m", "probe"])
+    command = workload_command(p)
     if not command:
         say("ready; no command given: the container stays up (stop it to end the pod)")
         return supervise(children)

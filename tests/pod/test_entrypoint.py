@@ -25,6 +25,9 @@ def test_neither_variable_starts_nothing_and_runs_the_command_as_given():
 def test_no_command_no_daemon_runs_the_probe_in_the_foreground():
     p = plan({})
     assert p.command == () and not p.stay_up and not p.probe_in_background
+    assert ep.workload_command(p) == ["/opt/venv/bin/python", "-m", "probe"]
+    assert ep.workload_command(plan({"PUBLIC_KEY": KEY})) == []  # the pod stays up instead
+    assert ep.workload_command(plan({}, ["python", "-V"])) == ["python", "-V"]
 
 
 def test_public_key_starts_sshd_on_22_and_ssh_key_is_an_alias():

@@ -203,3 +203,12 @@ def test_triton_cache_layers_baked_hits_and_new_kernels_persist_on_the_volume(do
     assert first["cache_hit"] == [False] and first["written_writable"] > 0 and first["written_baked"] == 0
     again = run("fresh", tag)  # a new container on the same volume: a restarted pod
     assert again["cache_hit"] == [True] and again["written_writable"] == 0
+
+
+def test_started_as_uid_1000_the_command_runs_and_sshd_is_refused_with_a_reason(docker_cli, pod_image):
+    done = subprocess.run([docker_cli, "run", "--rm", "--network", "none", "--user", "1000:1000", "-e",
+                           "PUBLIC_KEY=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ5uYz1Q3mKq3U6wJ1n2r9zv2cQ3xq2m2l1a0b9c8d7e x",
+                           pod_image, "python", "-c", "import os; print(os.getuid())"],
+                          capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stdout) == (0, "1000\n"), done.stderr
+    assert "sshd needs root" in done.stderr
