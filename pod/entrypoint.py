@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import shlex
 import signal

@@ -46,7 +46,8 @@ class LayeredCacheManager(FileCacheManager):
 class _BakedLayer(FileCacheManager):
     """Read-only view of one key's directory in the baked cache (never created, never written)."""
 
-    def __init__(self, key, directory):  # noqa: D107 - FileCacheManager.__init__ would create the directory
+    def __init__(self, key, directory):
+        # Not FileCacheManager.__init__: it would create the directory (the baked cache is read-only).
         self.key = key
         self.cache_dir = directory
         self.lock_path = None

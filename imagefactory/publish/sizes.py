@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from imagefactory.build.docker import DockerClient, image_inspect
+from imagefactory.errors import ConfigError, ImageFactoryError
 from imagefactory.plan.model import Target
-from imagefactory.publish.errors import ReleaseError
 
 SIZES_FILE = Path("deploy") / "image-sizes.json"  # under the docs directory
 MAX_BYTES = 10**13  # 10 TB: anything larger is not an image size
@@ -27,13 +27,13 @@ def load(docs_dir: Path) -> dict[str, int]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ReleaseError(f"{path}: not readable JSON ({exc})") from None
+        raise ConfigError([f"{path}: not readable JSON ({exc})"]) from None
     sizes = data.get("images") if isinstance(data, dict) else None
     if not isinstance(sizes, dict):
-        raise ReleaseError(f"{path}: expected {{\"images\": {{TARGET: BYTES}}}}")
+        raise ConfigError([f"{path}: expected {{\"images\": {{TARGET: BYTES}}}}"])
     for target, size in sizes.items():
         if not isinstance(size, int) or isinstance(size, bool) or not 0 < size < MAX_BYTES:
-            raise ReleaseError(f"{path}: images.{target}: not a size in bytes: {size!r}")
+            raise ConfigError([f"{path}: images.{target}: not a size in bytes: {size!r}"])
     return dict(sizes)
 
 
@@ -62,5 +62,5 @@ def write(docs_dir: Path, sizes: Mapping[str, int]) -> Path:
         temporary.write_text(dumps(sizes))
         temporary.replace(path)
     except OSError as exc:
-        raise ReleaseError(f"{path}: cannot write ({exc.strerror})") from None
+        raise ImageFactoryError(f"{path}: cannot write ({exc.strerror})") from None
     return path

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.pod.conftest import free_port, http_status, wait_for_port  # noqa: E402
+from tests.pod.conftest import free_port, http_status, wait_for_port
 
 DOCKER = os.environ.get("IMAGEFACTORY_DOCKER", "docker")
 POD_LAYERS = ("openssh-server", "/opt/jupyter", "/opt/imagefactory/pod")
@@ -43,7 +43,8 @@ def start_to_ready(image: str) -> tuple[float, float, float]:
     entrypoint and JupyterLab used until then (what a machine that is not shared would wait, roughly)."""
     ssh_port, jupyter_port = free_port(), free_port()
     t0 = time.monotonic()
-    cid = subprocess.run([DOCKER, "run", "-d", "--network", "host", "-e", "PUBLIC_KEY=ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ5uYz1Q3mKq3U6wJ1n2r9zv2cQ3xq2m2l1a0b9c8d7e bench",
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ5uYz1Q3mKq3U6wJ1n2r9zv2cQ3xq2m2l1a0b9c8d7e bench"
+    cid = subprocess.run([DOCKER, "run", "-d", "--network", "host", "-e", f"PUBLIC_KEY={key}",
                           "-e", f"SSH_PORT={ssh_port}", "-e", "JUPYTER_PASSWORD=bench", "-e", f"JUPYTER_PORT={jupyter_port}",
                           "-e", "PROBE_AT_START=0", image], capture_output=True, text=True, check=True).stdout.strip()
     try:

@@ -47,7 +47,7 @@ def baked() -> dict:
 
 
 def fresh(tag: str) -> dict:
-    import torch  # noqa: PLC0415
+    import torch
 
     module_dir = Path("/tmp/imagefactory-fresh")  # the same path in every container: part of what Triton hashes
     module_dir.mkdir(exist_ok=True)

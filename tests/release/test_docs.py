@@ -14,7 +14,7 @@ import yaml
 
 from imagefactory.publish import sizes
 from imagefactory.publish.docs import drift, generate, write
-from imagefactory.publish.errors import ReleaseError
+from imagefactory.errors import ConfigError
 from probe.select import Choice, candidates_from_json, choose
 
 from . import runpod_schemas
@@ -98,7 +98,7 @@ def test_image_sizes_file_round_trips_and_refuses_nonsense(tmp_path: Path) -> No
     sizes.write(tmp_path, {"hopper-cu130": 7_400_000_000})
     assert sizes.load(tmp_path) == {"hopper-cu130": 7_400_000_000}
     (tmp_path / sizes.SIZES_FILE).write_text('{"images": {"hopper-cu130": "big"}}')
-    with pytest.raises(ReleaseError, match=r"images.hopper-cu130: not a size in bytes"):
+    with pytest.raises(ConfigError, match=r"images.hopper-cu130: not a size in bytes"):
         sizes.load(tmp_path)
 
 
