@@ -29,7 +29,9 @@ def pod_image(docker_cli) -> str:
     given = os.environ.get("IMAGEFACTORY_POD_IMAGE")
     if given:
         return given
-    argv = [sys.executable, "-m", "imagefactory", "build", TARGET, "--no-gate", "--quiet"]
+    # The same release as tests/build/test_build_image.py: after it ran, this is the same image (all layers cached,
+    # the same ID in reports/<target>/build.json).
+    argv = [sys.executable, "-m", "imagefactory", "build", TARGET, "--release", "test", "--no-gate", "--quiet"]
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     record = REPO_ROOT / "reports" / TARGET / "build.json"
     image_id = json.loads(record.read_text()).get("image_id") if record.exists() else None
