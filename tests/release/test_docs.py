@@ -12,9 +12,9 @@ import jsonschema
 import pytest
 import yaml
 
+from imagefactory.errors import ConfigError
 from imagefactory.publish import sizes
 from imagefactory.publish.docs import drift, generate, write
-from imagefactory.errors import ConfigError
 from probe.select import Choice, candidates_from_json, choose
 
 from . import runpod_schemas
