@@ -1,4 +1,4 @@
-"""The image the pod tests run: IMAGEFACTORY_POD_IMAGE (an id or tag), else hopper-cu130 built through the real
+"""The image the pod tests run: --image or IMAGEFACTORY_POD_IMAGE (an id or tag), else --target (hopper-cu130) built through the real
 CLI without the gate (cached layers make this seconds after tests/build built it; no tag is set)."""
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import pytest
 
 from imagefactory.plan.render import REPO_ROOT
 
-TARGET = "hopper-cu130"
-
 
 @pytest.fixture(scope="session")
 def docker_cli() -> str:
@@ -25,18 +23,20 @@ def docker_cli() -> str:
 
 
 @pytest.fixture(scope="session")
-def pod_image(docker_cli) -> str:
-    given = os.environ.get("IMAGEFACTORY_POD_IMAGE")
+def pod_image(request, docker_cli) -> str:
+    # --image: the same option as the image suite (tests/build/test_build_image.py)
+    given = request.config.getoption("--image") or os.environ.get("IMAGEFACTORY_POD_IMAGE")
     if given:
         return given
     # The same release as tests/build/test_build_image.py: after it ran, this is the same image (all layers cached,
     # the same ID in reports/<target>/build.json).
-    argv = [sys.executable, "-m", "imagefactory", "build", TARGET, "--release", "test", "--no-gate", "--quiet"]
+    target = request.config.getoption("--target")
+    argv = [sys.executable, "-m", "imagefactory", "build", target, "--release", "test", "--no-gate", "--quiet"]
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-    record = REPO_ROOT / "reports" / TARGET / "build.json"
+    record = REPO_ROOT / "reports" / target / "build.json"
     image_id = json.loads(record.read_text()).get("image_id") if record.exists() else None
     if done.returncode != 0 or not image_id:
-        pytest.fail(f"build of {TARGET} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        pytest.fail(f"build of {target} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return image_id
 
 
