@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 CLI    := $(PY) -m imagefactory
 
 .DEFAULT_GOAL := help
-.PHONY: help venv render check test lint targets bootstrap FORCE
+.PHONY: help venv render check test lint targets bootstrap host FORCE
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_\/%.-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,13 +40,17 @@ test: $(STAMP) ## ruff + mypy, then every test (docker/gpu tests skip themselves
 lint: $(STAMP) ## ruff, mypy, render --check, docs --check and hadolint on every rendered Dockerfile
 	$(PY) -m nox -s lint
 
-bootstrap: $(STAMP) ## Bootstrap the local base images imagefactory/base:bookworm[-build]
+# Before the venv: on a fresh machine it installs python3-venv too (as root; otherwise it says what to run).
+host: ## Make this Debian/Ubuntu machine ready: Docker, mmdebstrap, a running daemon (installs as root)
+	@scripts/host-setup
+
+bootstrap: host $(STAMP) ## Bootstrap the local base images imagefactory/base:bookworm[-build]
 	$(CLI) bootstrap
 
-build/%: $(STAMP) FORCE ## Build one target and gate it, e.g. make build/hopper-cu130
+build/%: host $(STAMP) FORCE ## Build one target and gate it, e.g. make build/hopper-cu130
 	$(CLI) build $*
 
-gate/%: $(STAMP) FORCE ## Run the probe + smoke gate in a built target image
+gate/%: host $(STAMP) FORCE ## Run the probe + smoke gate in a built target image
 	$(CLI) gate $*
 
 push/%: $(STAMP) FORCE ## Push a gated target image

@@ -338,10 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also push an image whose gate ran without a GPU (the report label says so)")
     p.set_defaults(func=publish_commands.cmd_push)
 
-    p = sub.add_parser("docs", parents=[matrix], help="docs/supported-tags.{md,json} and docs/deploy/ from the matrix")
+    p = sub.add_parser("docs", parents=[matrix, docker],
+                       help="docs/supported-tags.{md,json} and docs/deploy/ from the matrix")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 when a generated file differs")
     p.add_argument("--repo", default=DOCS_REPO, help=f"repository the docs name (default: {DOCS_REPO})")
     p.add_argument("--docs-dir", type=Path, default=Path("docs"))
+    p.add_argument("--measure", action="store_true",
+                   help="first record the sizes of the local gated images in docs/deploy/image-sizes.json "
+                        "(RunPod's container disk is sized from them)")
     p.set_defaults(func=publish_commands.cmd_docs)
 
     p = sub.add_parser("summary", help="markdown table of reports/*/release.json")

@@ -97,11 +97,11 @@ def _report(args: argparse.Namespace) -> int:
             params = decide.parse_model_size(args.model_size)
         except ValueError as exc:
             raise expect.UsageError(f"--model-size: {exc}") from None
-    from probe import detect, verify  # noqa: PLC0415
+    from probe import container, detect, verify  # noqa: PLC0415
 
     det = detect.detect()
     decisions = decide.decide(decide.hardware_from(det), params).to_json()
-    checks = verify.run_all(det, expected, args.require_gpu) + expect.check(expected, det)
+    checks = verify.run_all(det, expected, args.require_gpu) + expect.check(expected, det) + container.checks(params)
     doc = report.document("report", checks, det, decisions, {"expected": expected})
     if args.json:
         print(report.dumps(doc))

@@ -237,7 +237,7 @@ def warm_cache(det: Detection, expected: dict[str, str]) -> Check | None:
     from probe import warm  # noqa: PLC0415
     from probe.shapes import dtype_for_sm  # noqa: PLC0415
 
-    root = warm.cache_dir()
+    root = warm.baked_cache_dir()
     gpu = det.torch is not None and det.torch.cuda_available
     try:
         if gpu:

@@ -42,6 +42,15 @@ def cache_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get("TRITON_CACHE_DIR") or DEFAULT_CACHE)
 
 
+# Images keep the cache warmed at build time read-only at this path and write new kernels to TRITON_CACHE_DIR
+# (pod/triton_cache.py layers the two): the warm-cache check verifies the baked one.
+BAKED_CACHE_ENV = "IMAGEFACTORY_TRITON_BAKED_CACHE"
+
+
+def baked_cache_dir() -> Path:
+    return Path(os.environ.get(BAKED_CACHE_ENV) or cache_dir())
+
+
 def stub_dir_for(root: Path) -> Path:
     """Where the stub lives for a cache. Images set TRITON_LIBCUDA_PATH to it at run time too: triton >= 3.7 keys
     its host modules on the library dirs, so the runtime must name the same dir the warm-up linked against (on a

@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", help="shapes file (default: probe/workload_shapes.json)")
     p.add_argument("--steps", type=int, default=10, help="training steps per shape (at least 5; default 10)")
     p.add_argument("--sm", help="SMs for the CPU replay check (default: $PROBE_EXPECT_SM, else 90)")
-    p.add_argument("--cache-dir", help="Triton cache to replay (default: $TRITON_CACHE_DIR)")
+    p.add_argument("--cache-dir", help="Triton cache to replay (default: $IMAGEFACTORY_TRITON_BAKED_CACHE, else $TRITON_CACHE_DIR)")
     p.add_argument("--models-dir", help="where the local models go (default: a temporary directory)")
     return p
 
@@ -171,12 +171,13 @@ def _cpu_checks(args: argparse.Namespace, shapes: list[Any], sms: list[int]) -> 
                              "import without a GPU (package start-up skipped)"))
     except Exception as exc:
         checks.append(failed("workload.import_kernels", one_line(exc)))
-    cache = args.cache_dir or os.environ.get("TRITON_CACHE_DIR")
     from probe import warm  # noqa: PLC0415
 
+    # Images keep the build-time cache at the baked path (TRITON_CACHE_DIR is the pod's writable layer).
+    cache = args.cache_dir or os.environ.get(warm.BAKED_CACHE_ENV) or os.environ.get("TRITON_CACHE_DIR")
     if not cache or not (warm.stub_dir_for(Path(cache)) / "libcuda.so.1").exists():
-        checks.append(skipped("workload.warm_replay", f"no warmed Triton cache (--cache-dir / TRITON_CACHE_DIR: "
-                              f"{cache or 'unset'})"))
+        checks.append(skipped("workload.warm_replay", f"no warmed Triton cache (--cache-dir / {warm.BAKED_CACHE_ENV} "
+                              f"/ TRITON_CACHE_DIR: {cache or 'unset'})"))
         return checks
     for sm in sms:
         r = unsloth_warm.check_workload(sm, Path(cache), shapes)

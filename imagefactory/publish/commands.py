@@ -1,7 +1,7 @@
 """`python -m imagefactory push|docs|summary`: what each command does with its parsed options.
 
   push TARGET --registry HOST[:PORT]/NAME [--release R]   publish a gated image (see imagefactory.publish.push)
-  docs [--check] [--repo REPO]                            supported-tags page + deploy files from matrix.yaml
+  docs [--check] [--repo REPO] [--measure]                supported-tags page + deploy files from matrix.yaml
   summary reports/*/release.json                          markdown table of published tags (CI summary)
 
 imagefactory.cli owns the parser and calls these; `args.matrix` is already the matrix file's path.
@@ -18,6 +18,7 @@ from imagefactory.build.docker import detect
 from imagefactory.errors import UsageError
 from imagefactory.plan.expand import all_targets, resolve_target
 from imagefactory.plan.matrix import load_matrix
+from imagefactory.publish import sizes
 from imagefactory.publish.docs import drift, generate, write
 from imagefactory.publish.push import GateReport, LocalDocker, publish, read_release_record, summary_markdown, write_release_record
 from imagefactory.publish.registry import Registry, RepoRef
@@ -25,7 +26,15 @@ from imagefactory.tags import release_or_today, release_tags
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    files = generate(all_targets(load_matrix(args.matrix)), repo=args.repo, docs_dir=args.docs_dir)
+    targets = all_targets(load_matrix(args.matrix))
+    measured = sizes.load(args.docs_dir)
+    if args.measure and not args.check:
+        found = sizes.measure(detect(args.docker), targets)
+        print(f"measured {len(found)} local image(s): "
+              + (", ".join(f"{t} {b / 1e9:.1f} GB" for t, b in sorted(found.items())) or "none"))
+        measured |= found
+        sizes.write(args.docs_dir, measured)
+    files = generate(targets, repo=args.repo, docs_dir=args.docs_dir, sizes=measured)
     if args.check:
         problems = drift(files, args.docs_dir)
         for problem in problems:

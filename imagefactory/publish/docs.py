@@ -3,7 +3,11 @@
 - docs/supported-tags.md   target → tags, SMs, CUDA/ROCm, torch, python, minimum driver (like NVIDIA's page)
 - docs/supported-tags.json the same for machines: `python -m probe select --tags-file` reads it
 - docs/deploy/<target>/runpod-template.json   body for RunPod's `POST /v1/templates`
+- docs/deploy/<target>/runpod-pod.json        body for RunPod's `POST /v1/pods` (adds allowedCudaVersions)
 - docs/deploy/<target>/lambda-cloud-init.yaml user data for a Lambda Cloud instance (NVIDIA targets)
+
+Container disk sizes come from docs/deploy/image-sizes.json (measured from built images by
+`python -m imagefactory docs --measure`; imagefactory/publish/sizes.py), with a per-flavor default when unmeasured.
 
 Pure: targets in, {path: text} out. Writing only changes files whose text differs, and removes
 deploy files of targets that left the matrix.
@@ -12,6 +16,7 @@ deploy files of targets that left the matrix.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,15 +29,22 @@ from imagefactory.plan.model import Target, immutable_tag
 # Regenerate with --repo for another registry.
 DOCS_REPO = "ghcr.io/imagefactory/imagefactory"
 RELEASE_PLACEHOLDER = "<release>"
-TRITON_CACHE_DIR = "/opt/triton-cache"
 WORKSPACE = "/workspace"
+SSH_PORT, JUPYTER_PORT = 22, 8888  # the pod conventions (pod/entrypoint.py)
+# Lambda hosts run their own sshd on 22: the container's is published on this host port.
+LAMBDA_SSH_PORT = 2222
 
-# Container disk per flavor (GB): image size plus room for pip installs and checkpoints outside the
-# volume. Vendor flavors ship the full CUDA/ROCm runtime base and are bigger.
+# Container disk (GB) when the image was never measured: vendor flavors ship the full CUDA/ROCm runtime base.
 CONTAINER_DISK_GB = {"slim": 40, "nvidia": 60, "rocm": 80}
-VOLUME_GB = 200  # models, datasets and checkpoints live on the persistent volume
+# Room on the container disk beyond the image itself: pip installs, /tmp, logs (models and checkpoints go to the volume).
+CONTAINER_HEADROOM_GB = 20
+VOLUME_GB = 200  # models, datasets, checkpoints and the Triton/inductor caches live on the persistent volume
+# The host CUDA versions RunPod filters machines by (allowedCudaVersions of POST /v1/pods).
+RUNPOD_CUDA_VERSIONS = ("11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0")
+# RunPod secrets, expanded by RunPod at pod start (Settings > Secrets); the entrypoint ignores one left unexpanded.
+RUNPOD_ENV = {"PUBLIC_KEY": "{{ RUNPOD_SECRET_PUBLIC_KEY }}", "JUPYTER_PASSWORD": "{{ RUNPOD_SECRET_JUPYTER_PASSWORD }}"}
+DEPLOY_FILES = ("runpod-template.json", "runpod-pod.json", "lambda-cloud-init.yaml")
 GENERATED_HEADER = "# Generated from matrix.yaml by `python -m imagefactory docs`; do not edit by hand."
-DEPLOY_FILES = ("runpod-template.json", "lambda-cloud-init.yaml")
 # --repo lands in markdown, JSON, cloud-init YAML and a shell line: `host[:port]/name` only (no `;`, spaces,
 # newlines, quotes); checked with fullmatch in ASCII.
 DOCS_REPO_PATTERN = re.compile(
@@ -145,43 +157,70 @@ def supported_tags_json(rows: Sequence[SupportedTag], repo: str) -> str:
     return json.dumps(body, indent=2) + "\n"
 
 
-def start_command(image_has_workspace: bool = True) -> str:
-    """What a pod runs first: the probe (GPU required), its JSON report kept on the volume; the container
-    stays up either way so a failed probe can be read, but the log says loudly that it failed."""
-    report = f"{WORKSPACE}/probe-report.json" if image_has_workspace else "/tmp/probe-report.json"
+def container_disk_gb(row: SupportedTag, image_bytes: int | None) -> int:
+    """Measured image size plus headroom, rounded up to 5 GB; the flavor's default when never measured."""
+    if image_bytes is None:
+        return CONTAINER_DISK_GB.get(row.flavor, 60)
+    return 5 * math.ceil((image_bytes / 1e9 + CONTAINER_HEADROOM_GB) / 5)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def allowed_cuda_versions(row: SupportedTag) -> list[str]:
+    """Host CUDA versions (the newest CUDA the host's driver supports, which RunPod filters on) that run the image:
+    its own CUDA and newer. The driver floor of matrix.yaml is the oldest driver of that CUDA line; RunPod knows
+    hosts by CUDA version, not driver branch, so the image's CUDA is the bound (a cu130 image never lands on a
+    570 driver, which reports 12.8)."""
+    if row.toolkit_kind != "cuda":
+        return []
+    floor = _version(row.toolkit_version)
+    return [v for v in RUNPOD_CUDA_VERSIONS if _version(v) >= floor]
+
+
+def _readme(row: SupportedTag) -> str:
     return (
-        f"python -m probe --require-gpu --json > {report}; rc=$?; "
-        f'if [ "$rc" -eq 0 ]; then echo "imagefactory probe: passed ({report})"; '
-        f'else echo "imagefactory probe: FAILED (exit $rc), see {report}" >&2; fi; '
-        "exec sleep infinity"
+        f"imagefactory {row.target_id}: {row.toolkit}, torch {row.torch}, python {row.python}, "
+        f"for {', '.join(row.sms or row.gfx)} ({row.description})."
+        + (f" Needs an NVIDIA driver ≥ {row.driver_floor}." if row.driver_floor else "")
+        + f" SSH: `ssh -p PORT trainer@HOST` with the key in PUBLIC_KEY; JupyterLab on {JUPYTER_PORT} with the token"
+        " JUPYTER_PASSWORD. Caches, outputs and the start probe's report (probe-report.json) live in /workspace."
+        + f" Pin `{row.immutable_pattern}` for reproducible runs."
     )
 
 
-def runpod_template(row: SupportedTag, repo: str) -> str:
-    """Body for `POST https://rest.runpod.io/v1/templates` (RunPod REST API v1 field names)."""
-    body = {
+def _runpod_fields(row: SupportedTag, repo: str, image_bytes: int | None) -> dict:
+    return {
         "name": f"imagefactory-{row.target_id}",
         "imageName": f"{repo}:{row.target_id}",
-        "category": "NVIDIA" if row.vendor == "nvidia" else "AMD",
-        "containerDiskInGb": CONTAINER_DISK_GB.get(row.flavor, 60),
+        "containerDiskInGb": container_disk_gb(row, image_bytes),
         "volumeInGb": VOLUME_GB,
         "volumeMountPath": WORKSPACE,
-        "env": {
-            "TRITON_CACHE_DIR": TRITON_CACHE_DIR,
-            "HF_HOME": f"{WORKSPACE}/hf",
-            "PROBE_EXPECT_TARGET": row.target_id,
-        },
-        "dockerStartCmd": ["bash", "-c", start_command()],
-        "ports": ["22/tcp"],
-        "isServerless": False,
-        "readme": (
-            f"imagefactory {row.target_id}: {row.toolkit}, torch {row.torch}, python {row.python}, "
-            f"for {', '.join(row.sms or row.gfx)} ({row.description})."
-            + (f" Needs an NVIDIA driver ≥ {row.driver_floor}." if row.driver_floor else "")
-            + " The pod runs `python -m probe --require-gpu` first; its report is /workspace/probe-report.json."
-            + f" Pin `{row.immutable_pattern}` for reproducible runs."
-        ),
+        "ports": [f"{JUPYTER_PORT}/http", f"{SSH_PORT}/tcp"],
+        "env": {**RUNPOD_ENV, "PROBE_EXPECT_TARGET": row.target_id},
     }
+
+
+def runpod_template(row: SupportedTag, repo: str, image_bytes: int | None = None) -> str:
+    """Body for `POST https://rest.runpod.io/v1/templates` (RunPod REST API v1 field names). No start command:
+    the image's entrypoint starts sshd and JupyterLab from the env, runs the probe and keeps the pod up."""
+    body = _runpod_fields(row, repo, image_bytes)
+    body |= {
+        "category": "NVIDIA" if row.vendor == "nvidia" else "AMD",
+        "isServerless": False,
+        "readme": _readme(row),
+    }
+    return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
+
+
+def runpod_pod(row: SupportedTag, repo: str, image_bytes: int | None = None) -> str:
+    """Body for `POST https://rest.runpod.io/v1/pods`: the template's fields, one GPU, and allowedCudaVersions so
+    RunPod never schedules the pod on a host whose driver is too old for the image. Add gpuTypeIds to choose
+    the card."""
+    body = _runpod_fields(row, repo, image_bytes) | {"gpuCount": 1}
+    if row.vendor == "nvidia":
+        body["allowedCudaVersions"] = allowed_cuda_versions(row)
     return json.dumps(body, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -190,34 +229,37 @@ def lambda_cloud_init(row: SupportedTag, repo: str) -> str:
     image = f"{repo}:{row.target_id}"
     gpus = "--gpus all" if row.vendor == "nvidia" else "--device /dev/kfd --device /dev/dri --group-add video"
     floor = f"an NVIDIA driver >= {row.driver_floor}" if row.driver_floor else "a ROCm host"
-    run = f"docker run {gpus} --ipc=host --env-file /etc/imagefactory.env"
     return "\n".join([
         "#cloud-config",
         f"# imagefactory {row.target_id}: {row.toolkit}, torch {row.torch}; needs {floor}.",
         GENERATED_HEADER,
-        "# Pulls the image, runs the probe on the GPU (log: /var/log/imagefactory-probe.log), then starts a",
-        "# long-lived `trainer` container with /home/ubuntu/workspace mounted at /workspace.",
+        "# Starts the image as a long-lived `trainer` container: the instance's SSH keys (those of user ubuntu)",
+        f"# open the container's sshd on host port {LAMBDA_SSH_PORT}, JupyterLab listens on {JUPYTER_PORT} with the token in",
+        "# /etc/imagefactory.env (set JUPYTER_PASSWORD there first, or Jupyter stays off), ~/workspace is /workspace.",
+        "# The probe runs at start: its report is ~/workspace/probe-report.json, its verdict in `docker logs trainer`.",
         "write_files:",
         "  - path: /etc/imagefactory.env",
-        "    permissions: '0644'",
+        "    permissions: '0600'",
         "    content: |",
-        f"      TRITON_CACHE_DIR={TRITON_CACHE_DIR}",
-        f"      HF_HOME={WORKSPACE}/hf",
+        "      JUPYTER_PASSWORD=",
         f"      PROBE_EXPECT_TARGET={row.target_id}",
         "runcmd:",
         "  - |",
-        "    set -u",
+        "    set -eu",
         "    install -d -o 1000 -g 1000 /home/ubuntu/workspace",
         f"    docker pull {image}",
-        f"    if ! {run} --rm {image} python -m probe --require-gpu > /var/log/imagefactory-probe.log 2>&1; then",
-        "      echo 'imagefactory probe FAILED: see /var/log/imagefactory-probe.log' | wall",
-        "    fi",
-        f"    {run} -d --name trainer --restart unless-stopped -v /home/ubuntu/workspace:{WORKSPACE} {image} sleep infinity",
+        f"    docker run -d --name trainer --restart unless-stopped {gpus} --ipc=host \\",
+        "      --env-file /etc/imagefactory.env -e PUBLIC_KEY=\"$(cat /home/ubuntu/.ssh/authorized_keys)\" \\",
+        f"      -v /home/ubuntu/workspace:{WORKSPACE} -p {LAMBDA_SSH_PORT}:{SSH_PORT} -p {JUPYTER_PORT}:{JUPYTER_PORT} \\",
+        f"      {image}",
         "",
     ])
 
 
-def generate(targets: Iterable[Target], repo: str = DOCS_REPO, docs_dir: Path = Path("docs")) -> dict[Path, str]:
+def generate(targets: Iterable[Target], repo: str = DOCS_REPO, docs_dir: Path = Path("docs"),
+             sizes: Mapping[str, int] | None = None) -> dict[Path, str]:
+    """sizes: measured image bytes by target id (docs/deploy/image-sizes.json); unmeasured targets get defaults."""
+    sizes = sizes or {}
     check_docs_repo(repo)
     rows = supported_tags(targets)
     files = {
@@ -225,9 +267,11 @@ def generate(targets: Iterable[Target], repo: str = DOCS_REPO, docs_dir: Path = 
         docs_dir / "supported-tags.json": supported_tags_json(rows, repo),
     }
     for row in rows:
-        files[docs_dir / "deploy" / row.target_id / "runpod-template.json"] = runpod_template(row, repo)
+        deploy = docs_dir / "deploy" / row.target_id
+        files[deploy / "runpod-template.json"] = runpod_template(row, repo, sizes.get(row.target_id))
+        files[deploy / "runpod-pod.json"] = runpod_pod(row, repo, sizes.get(row.target_id))
         if row.vendor == "nvidia":  # Lambda Cloud rents NVIDIA GPUs only
-            files[docs_dir / "deploy" / row.target_id / "lambda-cloud-init.yaml"] = lambda_cloud_init(row, repo)
+            files[deploy / "lambda-cloud-init.yaml"] = lambda_cloud_init(row, repo)
     return files
 
 

@@ -40,7 +40,8 @@ def stages(text: str) -> dict[str, list[str]]:
 def test_every_target_renders_the_same_stages(rendered):
     for target_id, (target, text) in rendered.items():
         names = list(stages(text))
-        expected = ["build-os", "venv", "bnb", "payload", *(["warm"] if target.warm_triton_cache else []), "runtime"]
+        expected = ["build-os", "venv", "bnb", "payload", *(["warm"] if target.warm_triton_cache else []), "jupyter",
+                    "runtime"]
         assert names == expected, target_id
         # a parser directive (`# syntax=…`) would make BuildKit pull a frontend image: none may appear
         assert not any(re.match(r"#\s*syntax\s*=", line) for line in text.splitlines()), target_id
@@ -53,8 +54,10 @@ def test_runtime_layers_put_probe_after_the_venv_and_run_nothing_after_it(render
         probe = runtime.index("COPY probe /opt/imagefactory/probe")
         assert venv < probe, target_id
         after = [i.split()[0] for i in runtime[probe + 1:]]
-        assert set(after) <= {"COPY", "ENV", "ARG", "LABEL", "USER", "WORKDIR", "CMD"}, (target_id, after)
-        assert runtime[-3:-1] == ["USER 1000:1000", "WORKDIR /home/trainer"], target_id
+        assert set(after) <= {"COPY", "ENV", "ARG", "LABEL", "WORKDIR", "ENTRYPOINT"}, (target_id, after)
+        # no USER: the entrypoint starts as root for sshd and /workspace, and runs the workload as uid 1000
+        assert runtime[-1] == "WORKDIR /home/trainer" and not any(i.startswith("USER") for i in runtime), target_id
+        assert 'ENTRYPOINT ["/usr/bin/python3", "-I", "-S", "/opt/imagefactory/pod/entrypoint.py"]' in runtime
 
 
 def test_the_ca_bundle_is_only_ever_a_secret_mount(rendered):
@@ -79,7 +82,8 @@ def test_bitsandbytes_is_compiled_for_exactly_the_targets_arches(rendered):
 def test_hopper_warms_sm90_and_points_triton_at_the_cache(rendered):
     _, text = rendered["hopper-cu130"]
     assert "python -m probe warm --sm 90 --cache-dir /opt/triton-cache" in text
-    assert "TRITON_CACHE_DIR=/opt/triton-cache" in text
+    assert "IMAGEFACTORY_TRITON_BAKED_CACHE=/opt/triton-cache" in text
+    assert "TRITON_CACHE_MANAGER=pod.triton_cache:LayeredCacheManager" in text
     assert "TRITON_LIBCUDA_PATH=/opt/triton-cache/imagefactory-stub" in text
     assert "FROM imagefactory/base:bookworm-build AS build-os" in text
     assert "FROM imagefactory/base:bookworm AS runtime" in text

@@ -150,9 +150,12 @@ def test_labels(config, built, target):
     assert labels["org.opencontainers.image.created"].startswith("20")
 
 
-def test_runtime_user_is_not_root(config, client, built):
-    assert config["User"] == "1000:1000"
-    assert in_image(client, built.image_id, "id -u; id -g").split() == ["1000", "1000"]
+def test_the_workload_runs_as_trainer_behind_the_pod_entrypoint(config, client, built):
+    # The image starts as root only for the entrypoint's setup (sshd, /workspace); it runs every command as
+    # trainer (uid 1000) through setpriv. `docker run --user 1000` works too (no sshd then): tests/pod.
+    assert config["Entrypoint"] == ["/usr/bin/python3", "-I", "-S", "/opt/imagefactory/pod/entrypoint.py"]
+    assert not config.get("User") and not config.get("Cmd")
+    assert in_image(client, built.image_id, "id -u; id -g; echo $HOME").split() == ["1000", "1000", "/home/trainer"]
 
 
 def test_expected_identity_and_cache_dir_are_set(config, target, built):
@@ -160,11 +163,17 @@ def test_expected_identity_and_cache_dir_are_set(config, target, built):
     expected = {k: v for k, v in target.expect_env.items() if not (built.bnb_tree and k == "PROBE_EXPECT_BITSANDBYTES")}
     assert {k: env.get(k) for k in expected} == expected
     assert env["PYTHONPATH"] == "/opt/imagefactory"
+    # The baked cache is read through the layered manager; new kernels go to TRITON_CACHE_DIR, which the
+    # entrypoint sets (on /workspace when mounted; Triton's default in the home otherwise).
+    assert "TRITON_CACHE_DIR" not in env
     if target.warm_triton_cache:
         assert env["PROBE_EXPECT_WARM_CACHE"] == "1"
-        assert env["TRITON_CACHE_DIR"] == "/opt/triton-cache"
+        assert env["IMAGEFACTORY_TRITON_BAKED_CACHE"] == "/opt/triton-cache"
+        assert env["TRITON_CACHE_MANAGER"] == "pod.triton_cache:LayeredCacheManager"
         # the libcuda directory is part of triton's module cache key: the warm step's stub, shipped in the cache
         assert env["TRITON_LIBCUDA_PATH"] == "/opt/triton-cache/imagefactory-stub"
+    else:
+        assert "TRITON_CACHE_MANAGER" not in env and "IMAGEFACTORY_TRITON_BAKED_CACHE" not in env
 
 
 def test_no_compiler_toolchain_in_the_runtime_image(client, built, site):

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
+import jsonschema
+import pytest
 import yaml
 
+from imagefactory.errors import ConfigError
+from imagefactory.publish import sizes
 from imagefactory.publish.docs import drift, generate, write
 from probe.select import Choice, candidates_from_json, choose
+
+from . import runpod_schemas
 
 
 def fake_target(target_id: str, sms: tuple[str, ...], cuda: str, floor: str, torch: str, flavor: str = "slim"):
@@ -53,20 +61,65 @@ def test_json_feeds_probe_select(tmp_path: Path) -> None:
     assert isinstance(decision, Choice) and decision.candidate.target_id == "ampere-cu126"
 
 
-def test_deploy_files_per_target(tmp_path: Path) -> None:
+def test_runpod_template_and_pod_bodies_follow_the_pod_conventions(tmp_path: Path) -> None:
     files = generate(TARGETS, repo="r.example/if", docs_dir=tmp_path)
     template = json.loads(files[tmp_path / "deploy" / "hopper-cu130" / "runpod-template.json"])
+    jsonschema.validate(template, runpod_schemas.TEMPLATE)
     assert template["imageName"] == "r.example/if:hopper-cu130"
-    assert template["env"]["TRITON_CACHE_DIR"] == "/opt/triton-cache"
-    assert template["containerDiskInGb"] > 0 and template["volumeMountPath"] == "/workspace"
-    start = template["dockerStartCmd"][-1]
-    assert start.startswith("python -m probe --require-gpu") and start.endswith("exec sleep infinity")
-    cloud_init = files[tmp_path / "deploy" / "ampere-cu126" / "lambda-cloud-init.yaml"]
-    assert cloud_init.startswith("#cloud-config\n")
-    data = yaml.safe_load(cloud_init)
+    assert template["ports"] == ["8888/http", "22/tcp"] and template["volumeMountPath"] == "/workspace"
+    assert set(template["env"]) == {"PUBLIC_KEY", "JUPYTER_PASSWORD", "PROBE_EXPECT_TARGET"}
+    assert "dockerStartCmd" not in template  # the image's entrypoint starts sshd/Jupyter and keeps the pod up
+    pod = json.loads(files[tmp_path / "deploy" / "hopper-cu130" / "runpod-pod.json"])
+    jsonschema.validate(pod, runpod_schemas.POD)
+    assert pod["allowedCudaVersions"] == ["13.0"]  # a 570 host (CUDA 12.8) would fail to start a cu130 image
+    older = json.loads(files[tmp_path / "deploy" / "hopper-cu128-torch2.7" / "runpod-pod.json"])
+    assert older["allowedCudaVersions"] == ["12.8", "12.9", "13.0"]
+    assert {k: pod[k] for k in template if k in pod} == {k: template[k] for k in template if k in pod}
+
+
+def test_a_schema_violation_is_caught(tmp_path: Path) -> None:
+    """The schemas are not vacuous: a misspelt field and a bad port are refused."""
+    files = generate(TARGETS, repo="r.example/if", docs_dir=tmp_path)
+    template = json.loads(files[tmp_path / "deploy" / "hopper-cu130" / "runpod-template.json"])
+    for broken in ({**template, "imagename": "x"}, {**template, "ports": ["22"]}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, runpod_schemas.TEMPLATE)
+
+
+def test_container_disk_is_the_measured_image_plus_headroom(tmp_path: Path) -> None:
+    files = generate(TARGETS, repo="example.test/r", docs_dir=tmp_path, sizes={"hopper-cu130": 7_400_000_000})
+    measured = json.loads(files[tmp_path / "deploy" / "hopper-cu130" / "runpod-template.json"])
+    assert measured["containerDiskInGb"] == 30  # 7.4 GB + 20 GB headroom, rounded up to 5
+    unmeasured = json.loads(files[tmp_path / "deploy" / "ampere-cu126" / "runpod-template.json"])
+    assert unmeasured["containerDiskInGb"] == 60  # the nvidia flavor's default
+
+
+def test_image_sizes_file_round_trips_and_refuses_nonsense(tmp_path: Path) -> None:
+    sizes.write(tmp_path, {"hopper-cu130": 7_400_000_000})
+    assert sizes.load(tmp_path) == {"hopper-cu130": 7_400_000_000}
+    (tmp_path / sizes.SIZES_FILE).write_text('{"images": {"hopper-cu130": "big"}}')
+    with pytest.raises(ConfigError, match=r"images.hopper-cu130: not a size in bytes"):
+        sizes.load(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="Debian's cloud-init is not installed")
+def test_lambda_cloud_init_passes_cloud_init_schema_check(tmp_path: Path) -> None:
+    files = generate(TARGETS, repo="r.example/if", docs_dir=tmp_path)
+    path = tmp_path / "deploy" / "ampere-cu126" / "lambda-cloud-init.yaml"
+    write(files, tmp_path)
+    done = subprocess.run(["cloud-init", "schema", "-c", str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "Valid cloud-config" in done.stdout, done.stdout + done.stderr
+    data = yaml.safe_load(path.read_text())
     script = data["runcmd"][0]
-    assert script.index("docker pull r.example/if:ampere-cu126") < script.index("python -m probe --require-gpu") < script.index("--name trainer")
-    assert "TRITON_CACHE_DIR=/opt/triton-cache" in data["write_files"][0]["content"]
+    run = script[script.index("docker run"):]
+    for part in ("--gpus all", "--ipc=host", "-v /home/ubuntu/workspace:/workspace", "-p 2222:22", "-p 8888:8888",
+                 "r.example/if:ampere-cu126", "PUBLIC_KEY="):
+        assert part in run, part
+    assert "JUPYTER_PASSWORD=" in data["write_files"][0]["content"]
+    # the check is real: a misspelt key of write_files is refused by the same command
+    path.write_text(path.read_text().replace("  - path:", "  - pathx:"))
+    bad = subprocess.run(["cloud-init", "schema", "-c", str(path)], capture_output=True, text=True, check=False)
+    assert bad.returncode != 0
 
 
 def test_check_finds_drift_and_write_fixes_it(tmp_path: Path) -> None:
