@@ -30,6 +30,7 @@ from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.model import TRAIN_DTYPES, Matrix, Target
 from imagefactory.plan.rules import Candidate
 from imagefactory.plan.rules import explain as explain_rules
+from imagefactory.plan.workload import SHAPES_FILE, shapes_file
 
 EXTENSION_MODULES = ("imagefactory.build.cli", "imagefactory.publish.cli")
 REFUSED_EXIT = RefusedTargetError.exit_code
@@ -208,7 +209,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     targets = select_targets(matrix, args.select or "*")
     templates = Path(args.templates) if args.templates else None
     root = Path(args.out) if args.out else render.REPO_ROOT
-    rendered = render.render_all(targets, templates)
+    rendered = render.render_all(targets, templates) | shapes_file(matrix)  # + the probe's warm shapes
     prune = not args.select  # a partial render must not delete the other targets' files
     if args.check:
         drift = render.check(rendered, root, prune=prune)
@@ -216,12 +217,12 @@ def cmd_render(args: argparse.Namespace) -> int:
             raise RenderDriftError(
                 f"{len(drift)} rendered file(s) differ from matrix.yaml + templates/ (run `make render`)",
                 details=[str(d) for d in drift])
-        print(f"{len(rendered)} dockerfiles up to date")
+        print(f"{len(rendered) - 1} dockerfiles and {SHAPES_FILE} up to date")
         return 0
     changes = render.write(rendered, root, prune=prune)
     for change in changes:
         print(f"{'removed' if change.kind == 'stale' else 'wrote'} {change.path}")
-    print(f"{len(rendered)} dockerfiles, {len(changes)} changed")
+    print(f"{len(rendered) - 1} dockerfiles and {SHAPES_FILE}, {len(changes)} changed")
     return 0
 
 

@@ -17,6 +17,7 @@ from imagefactory.errors import ConfigError, RefusedTargetError, UnknownTargetEr
 from imagefactory.plan.model import (ARCH_NAME_PATTERN, FLAVORS, TOOLKIT_ID_PATTERN, TRAIN_DTYPES, CellSpec, Matrix, ResolvedTorch,
                     Target, TorchBuild, TrainDtype)
 from imagefactory.plan.rules import Candidate, Refusal, base_images, check, payload_for, vendor_mismatch
+from imagefactory.plan.workload import needs_runtime_compiler
 
 ID_RE = re.compile(f"^(?P<arch>{ARCH_NAME_PATTERN})-(?P<toolkit>{TOOLKIT_ID_PATTERN})"
                    rf"(?:-torch(?P<torch>\d+\.\d+))?(?:-(?P<flavor>{'|'.join(FLAVORS)}))?"
@@ -143,6 +144,10 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         "PROBE_EXPECT_DTYPE": dtype,
         "PROBE_EXPECT_WARM_CACHE": "1" if warm else "0",
     }
+    workload = matrix.workload  # rule workload refused every cell it does not fit
+    if workload is not None:
+        labels[f"io.imagefactory.{workload.name}"] = workload.version
+        expect[f"PROBE_EXPECT_{workload.name.upper()}"] = workload.version
     base_src = (matrix.where("toolkits", tk.id, "bases", flavor.name) if flavor.name in tk.bases
                 else matrix.where("flavors", flavor.name, "base"))
     provenance = {
@@ -166,6 +171,8 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         "optional": matrix.where("optional"),
         "warm_triton_cache": f"{matrix.where('warm_triton_cache')} (CUDA targets only)",
         "image_repo": matrix.where("image_repo"),
+        "workload": matrix.where("workload"),
+        "runtime_c_compiler": f"{matrix.where('workload', 'runtime_compiler_below_triton')} (triton {torch.triton})",
     }
     return Target(
         id=target_id,
@@ -194,6 +201,8 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         labels=labels,
         expect_env=expect,
         is_default=is_default,
+        workload=workload,
+        runtime_c_compiler=needs_runtime_compiler(matrix, torch.triton),
         provenance=provenance,
     )
 

@@ -17,6 +17,7 @@ from packaging.version import InvalidVersion, Version
 
 from imagefactory.errors import ConfigError, did_you_mean
 from imagefactory.plan.expand import expand
+from imagefactory.plan.workload import load_workload
 from imagefactory.plan.model import (
     ARCH_NAME_PATTERN,
     FLAVORS,
@@ -62,6 +63,7 @@ TOP_KEYS = {
     "payloads": True,
     "optional": False,
     "cells": True,
+    "workload": False,
 }
 
 
@@ -456,6 +458,8 @@ def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:  # noqa: C901 - on
         optional = r.str_list(top["optional"], ("optional",), lambda v, q: r.string(
             v, q, regex=REQUIREMENT_RE, what="pinned requirement (NAME==VERSION)")) or ()
 
+    workload = load_workload(r, top["workload"]) if "workload" in top else None
+
     expand_all, extra = _cells(r, top.get("cells"), arches, toolkits, torches, flavors) if "cells" in top else (False, ())
 
     if doc.problems or None in (image_repo, index_url, warm, bnb):
@@ -476,6 +480,7 @@ def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:  # noqa: C901 - on
         optional_requirements=optional,
         expand_all=expand_all,
         extra_cells=extra,
+        workload=workload,
         lines=dict(doc.lines),
     )
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from imagefactory.plan.workload import accepts
 from imagefactory.plan.model import ArchFamily, BaseImages, Flavor, Matrix, Payload, Toolkit, TorchBuild, TrainDtype, minor_of
 
 
@@ -160,6 +161,17 @@ def payload(m: Matrix, c: Candidate) -> Refusal | None:
     return None
 
 
+def workload(m: Matrix, c: Candidate) -> Refusal | None:
+    """The images exist for the workload: a cell its pinned set does not fit is not built."""
+    python = python_of(c.toolkit, c.flavor)
+    w = m.workload
+    if w is None or python is None or accepts(w, c.torch.version, python):
+        return None
+    return Refusal("workload", f"{w.name} {w.version} and its pins are resolved for torch{w.torch} with "
+                              f"python{w.python} ({m.where('workload', 'torch')}); this cell has torch "
+                              f"{c.torch.version} with python {python}")
+
+
 def bf16(m: Matrix, c: Candidate) -> Refusal | None:
     if c.dtype == "bf16" and "bf16" not in c.arch.capabilities:
         return Refusal("bf16", f"{c.arch.name} has no bf16 (needs SM >= 8.0); use dtype fp16")
@@ -179,6 +191,7 @@ RULES: tuple[tuple[str, Callable[[Matrix, Candidate], Refusal | None], str], ...
     ("python", python_supported, "the flavor's python has a torch wheel"),
     ("bitsandbytes-torch", bitsandbytes_torch, "bitsandbytes accepts the torch version"),
     ("payload", payload, "a payload accepts the torch and python"),
+    ("workload", workload, "the workload's pinned set (Unsloth) accepts the torch and python"),
     ("bf16", bf16, "bf16 settings only on SMs with bf16"),
 )
 RULE_NAMES = tuple(name for name, _, _ in RULES)

@@ -97,6 +97,7 @@ def gate_docker(fake_docker, probe_status: str, smoke_exit: int = 0, repo_tags: 
     inspect = json.dumps([{"Id": IMAGE, "RepoTags": list(repo_tags)}])
     return DockerClient(str(fake_docker(
         f"*probe\\ smoke*) echo '{probe_report('pass')}'; exit {smoke_exit} ;;\n"
+        f"*probe\\ fresh-kernel*) echo '{probe_report('pass')}' ;;\n"
         f"*probe\\ --json*) echo '{probe_report(probe_status)}'; exit {probe_exit} ;;\n"
         f"image\\ inspect\\ *) echo '{inspect}' ;;\n"
         "tag\\ *|image\\ rm\\ *) exit 0 ;;")), "classic", "20.10.24")
@@ -203,10 +204,28 @@ def test_bootstrap_skips_bases_that_exist(fake_docker):
 
 
 def test_gate_hands_an_amd_target_rocm_device_nodes_not_nvidia_gpus(fake_docker, matrix, tmp_path):
-    amd = resolve_target(matrix, "cdna3-rocm6.2")
+    amd = resolve_target(matrix, "cdna3-rocm7.1")
     client = gate_docker(fake_docker, "fail")
     result = gate_image(client, amd, IMAGE, release="r1", reports_dir=tmp_path, gpus=True)
     run_call = next(c for c in fake_docker.log.read_text().splitlines() if c.startswith("run"))
     assert result.mode == "gpu"
     assert "--device /dev/kfd --device /dev/dri --group-add video" in run_call
     assert "--gpus" not in run_call
+
+
+def test_gate_fails_without_tags_when_a_fresh_kernel_cannot_compile(fake_docker, hopper, tmp_path):
+    failing = json.dumps({"checks": [{"name": "triton.fresh_kernel", "status": "fail",
+                                      "reason": "RuntimeError: Failed to find C compiler"}]})
+    client = DockerClient(str(fake_docker(
+        f"*probe\\ smoke*) echo '{probe_report('pass')}' ;;\n"
+        f"*probe\\ fresh-kernel*) echo '{failing}'; exit 1 ;;\n"
+        f"*probe\\ --json*) echo '{probe_report('pass')}' ;;\n"
+        "image\\ inspect\\ *) echo '[{\"Id\": \"x\", \"RepoTags\": []}]' ;;")), "classic", "20.10.24")
+    reports = tmp_path / "reports"
+    result = gate_image(client, hopper, IMAGE, release="r1", reports_dir=reports, gpus=False)
+    assert not result.passed
+    assert result.failing == ("fresh-kernel: triton.fresh_kernel: RuntimeError: Failed to find C compiler",)
+    assert not [c for c in fake_docker.log.read_text().splitlines() if c.startswith("tag")]
+    gate = json.loads((reports / "hopper-cu130" / "gate.json").read_text())
+    assert [s["name"] for s in gate["steps"]] == ["probe", "smoke", "fresh-kernel"]
+    assert (reports / "hopper-cu130" / "fresh-kernel.json").exists()
