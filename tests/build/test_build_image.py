@@ -1,7 +1,8 @@
 """The built hopper-cu130 image, inspected from outside (needs Docker; builds once per session).
 
 The session fixture builds through the real CLI (`python -m imagefactory build hopper-cu130`), so the
-gate runs too. With `--bnb-source PATH` (or IMAGEFACTORY_BNB_SOURCE) bitsandbytes is compiled from
+gate runs too. The matrix is the CLI's (`IMAGEFACTORY_MATRIX` selects a private copy, e.g. one whose
+image_repo keeps the tags apart from other builds on a shared daemon). With `--bnb-source PATH` (or IMAGEFACTORY_BNB_SOURCE) bitsandbytes is compiled from
 that local tree and the SASS test insists on sm_90 only; without it the wheel path (CI: no GitHub)
 or the upstream tag is used, as the build log says.
 """
@@ -19,6 +20,10 @@ import pytest
 
 from imagefactory.build.images import HOST_CA_BUNDLE, extra_certificates
 from imagefactory.build.docker import detect, image_inspect
+from imagefactory.cli import default_matrix_path
+from imagefactory.plan.expand import resolve_target
+from imagefactory.plan.matrix import load_matrix
+from imagefactory.plan.model import Target
 from imagefactory.plan.render import REPO_ROOT
 
 pytestmark = pytest.mark.docker
@@ -48,6 +53,12 @@ def built(request) -> Built:
 
 
 @pytest.fixture(scope="session")
+def target() -> Target:
+    """The target as the build saw it (the same matrix the CLI reads)."""
+    return resolve_target(load_matrix(default_matrix_path()), TARGET)
+
+
+@pytest.fixture(scope="session")
 def client():
     return detect()
 
@@ -66,11 +77,14 @@ def in_image(client, image: str, script: str) -> str:
     return done.stdout
 
 
-def test_gate_passed_and_tagged_the_image(built, client):
+def test_gate_passed_and_tagged_the_image(built, client, target):
     assert built.returncode == 0, built.output[-3000:]
     gate = json.loads((REPO_ROOT / "reports" / TARGET / "gate.json").read_text())
     assert gate["result"] == "passed" and gate["image_id"] == built.image_id
-    for ref in (f"imagefactory:{TARGET}", f"imagefactory:{TARGET}-latest", f"imagefactory:{TARGET}-torch2.14.1-{RELEASE}"):
+    assert [s["name"] for s in gate["steps"]][:3] == ["probe", "smoke", "fresh-kernel"]
+    assert gate["mode"] == "gpu" or any(s["skipped"] for s in gate["steps"]), "CPU mode says what it skipped"
+    repo = target.image_repo
+    for ref in (f"{repo}:{TARGET}", f"{repo}:{TARGET}-latest", f"{repo}:{TARGET}-torch2.14.1-{RELEASE}"):
         assert image_inspect(client, ref)["Id"] == built.image_id, ref
 
 
@@ -110,11 +124,51 @@ def test_expected_identity_and_cache_dir_are_set(config):
     assert env["PYTHONPATH"] == "/opt/imagefactory"
 
 
-def test_no_compiler_toolchain_in_the_runtime_image(client, built):
+def test_no_compiler_toolchain_in_the_runtime_image(client, built, target):
+    assert not target.runtime_c_compiler, "triton 3.8 launches through cuda_utils: no C compiler in the runtime"
     out = in_image(client, built.image_id,
                    "for t in gcc cc g++ nvcc cmake ninja; do command -v $t; done; ls -d /opt/toolchain /opt/cuda /opt/sbom-tool 2>/dev/null; "
                    f"ls {SITE}/nvidia/cu13/bin 2>/dev/null | grep -E '^(nvcc|ptxas)$'; true")
     assert out.strip() == ""
+
+
+def test_unsloth_is_installed_at_the_labelled_version(client, built, config, target):
+    label = config["Labels"]["io.imagefactory.unsloth"]
+    assert label == target.workload.version
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["PROBE_EXPECT_UNSLOTH"] == label
+    out = in_image(client, built.image_id, "python -c \"import importlib.metadata as m; "
+                   "print(m.version('unsloth'), m.version('unsloth_zoo'), m.version('bitsandbytes'))\"").split()
+    assert out[:2] == [label, label]
+    assert out[2] == config["Labels"]["io.imagefactory.bitsandbytes"], "the workload layer kept the SM build"
+    # unsloth_zoo imports without a GPU (unsloth itself refuses to: it needs an accelerator)
+    assert in_image(client, built.image_id, "python -c 'import unsloth_zoo, trl, transformers; print(\"ok\")' 2>/dev/null | tail -1").strip() == "ok"
+
+
+def test_a_fresh_kernel_compiles_in_the_runtime_image(client, built):
+    """With no network and no GPU: a kernel no cache holds compiles for sm_90 and gets its host modules."""
+    doc = json.loads(in_image(client, built.image_id, "python -m probe fresh-kernel --json"))
+    check = doc["checks"][0]
+    assert doc["ok"] and check["name"] == "triton.fresh_kernel" and check["status"] == "pass", check
+    assert check["numbers"]["sm"] == 90 and check["numbers"]["compiles"] >= 1
+
+
+def test_bytecode_is_precompiled_and_hash_based(client, built):
+    """compileall --invalidation-mode unchecked-hash: PEP 552 flags word 1 in every .pyc we sample."""
+    script = (f"cd {SITE} && for f in transformers/__pycache__/__init__.cpython-311.pyc "
+              "trl/__pycache__/__init__.cpython-311.pyc unsloth_zoo/__pycache__/__init__.cpython-311.pyc; do "
+              "python -c \"import sys; print(int.from_bytes(open(sys.argv[1], 'rb').read()[4:8], 'little'))\" $f; done")
+    assert in_image(client, built.image_id, script).split() == ["1", "1", "1"]
+
+
+def test_warm_cache_holds_the_workload_kernels_for_the_declared_shapes(client, built, target):
+    """The replay of the workload warm-up hits every kernel and writes nothing (probe warm --check)."""
+    if not target.workload.prove:
+        pytest.skip("matrix.yaml workload.prove is false: the workload warm step is not in this image yet")
+    done = subprocess.run([client.executable, "run", "--rm", "--network", "none", built.image_id, "python", "-m", "probe",
+                           "warm", "--sm", "90", "--workload", target.workload.name, "--check"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def test_one_bitsandbytes_library_for_the_toolkit_plus_cpu(client, built):
