@@ -21,8 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _report_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m probe", description="Detect the GPU stack, decide settings, verify it. "
-                "Subcommands: `smoke` (training suite), `warm` (Triton cache), `fresh-kernel` (an uncached kernel "
-                "compiles), `select` (which image to pull).")
+                "Subcommands: `smoke` (training suite), `warm` (Triton cache), `select` (which image to pull).")
     p.add_argument("--json", action="store_true", help="print the versioned JSON document instead of the report")
     p.add_argument("--expect", action="append", default=[], metavar="KEY=VALUE",
                    help=f"declared identity to assert ({', '.join(expect.KEYS)}); also PROBE_EXPECT_<KEY>")
@@ -47,25 +46,6 @@ def _warm_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fresh_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m probe fresh-kernel", description="Compile (no GPU: for the SM, into a scratch copy of "
-                "the cache) or launch (GPU) a Triton kernel no cache holds, with the image's own tools.")
-    p.add_argument("--sm", help="SM to compile for without a GPU (default: PROBE_EXPECT_SM, else 9.0)")
-    p.add_argument("--json", action="store_true")
-    return p
-
-
-def _fresh_kernel(args: argparse.Namespace) -> int:
-    if args.sm:
-        parse_sms(args.sm)  # usage error for a malformed list
-    from probe import fresh  # noqa: PLC0415
-
-    checks = [fresh.check(args.sm)]
-    doc = report.document("fresh-kernel", checks)
-    print(report.dumps(doc) if args.json else "\n".join(report.render_checks(checks)))
-    return doc["exit_code"]
-
-
 def parse_sms(text: str) -> list[int]:
     sms = []
     for part in text.split(","):
@@ -80,12 +60,12 @@ def parse_sms(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] == "fresh-kernel":  # an uncached Triton kernel compiles (probe/fresh.py)
+            return _fresh_kernel(_fresh_parser().parse_args(argv[1:]))
         if argv and argv[0] == "smoke":
             return _smoke(_smoke_parser().parse_args(argv[1:]))
         if argv and argv[0] == "warm":
             return _warm(_warm_parser().parse_args(argv[1:]))
-        if argv and argv[0] == "fresh-kernel":
-            return _fresh_kernel(_fresh_parser().parse_args(argv[1:]))
         if argv and argv[0] == "select":  # which image to pull on this machine (probe/select.py)
             from probe.select import main as select_main
 
@@ -170,3 +150,22 @@ def _warm(args: argparse.Namespace) -> int:
             print(f"sm_{r.sm}  {len(r.kernels)} kernels, {len(r.modules)} modules, {len(r.new_files)} new files "
                   f"in {r.cache_dir} ({r.seconds:.1f} s)")
     return 0 if ok else 1
+
+
+def _fresh_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m probe fresh-kernel", description="Compile (no GPU: for the SM, into a scratch copy of "
+                "the cache) or launch (GPU) a Triton kernel no cache holds, with the image's own tools.")
+    p.add_argument("--sm", help="SM to compile for without a GPU (default: PROBE_EXPECT_SM, else 9.0)")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def _fresh_kernel(args: argparse.Namespace) -> int:
+    if args.sm:
+        parse_sms(args.sm)  # usage error for a malformed list
+    from probe import fresh  # noqa: PLC0415
+
+    checks = [fresh.check(args.sm)]
+    doc = report.document("fresh-kernel", checks)
+    print(report.dumps(doc) if args.json else "\n".join(report.render_checks(checks)))
+    return doc["exit_code"]
