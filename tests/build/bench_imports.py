@@ -58,9 +58,9 @@ def main() -> int:
             firsts = [r[m][0] for r in runs]
             seconds = [r[m][1] for r in runs]
             if all(isinstance(v, float) for v in firsts + seconds):
-                print(f"| {image[:24]} | {m} | {statistics.median(firsts):.2f} | {statistics.median(seconds):.2f} |")
+                print(f"| {image} | {m} | {statistics.median(firsts):.2f} | {statistics.median(seconds):.2f} |")
             else:
-                print(f"| {image[:24]} | {m} | {firsts[0]} | {seconds[0]} |")
+                print(f"| {image} | {m} | {firsts[0]} | {seconds[0]} |")
     sys.stdout.flush()
     return 0
 
