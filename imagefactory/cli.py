@@ -139,6 +139,10 @@ def show_table(t: Target) -> Table:
          p["bitsandbytes"]),
         ("payload", f"{t.payload_name}: {', '.join(t.payload_requirements)}", p["payload"]),
         ("optional", ", ".join(t.optional_requirements) or "-", p["optional"]),
+        ("workload", f"{t.workload.name} {t.workload.version}: {', '.join(t.workload.requirements)}; "
+                     f"{len(t.workload.warm_shapes)} warm shapes" if t.workload else "-", p["workload"]),
+        ("runtime C compiler", "gcc (triton builds a launcher per kernel)" if t.runtime_c_compiler else "none needed",
+         p["runtime_c_compiler"]),
         ("train dtype", t.train_dtype, p["train_dtype"]),
         ("warm triton cache", "yes" if t.warm_triton_cache else "no", p["warm_triton_cache"]),
         ("tags", ", ".join(f"{t.image_repo}:{tag}" for tag in t.tags), p["image_repo"]),

@@ -146,3 +146,10 @@ def test_a_matrix_without_workload_still_loads(parse, matrix_text: str) -> None:
     assert m.workload is None
     t = resolve_target(m, "hopper-cu130")
     assert t.workload is None and not t.runtime_c_compiler and "io.imagefactory.unsloth" not in t.labels
+
+
+def test_show_names_the_workload_and_the_runtime_compiler(run_cli, matrix: Matrix) -> None:
+    res = run_cli("show", "hopper-cu128")
+    assert res.code == 0 and "unsloth 2026.10.9" in res.out and "gcc (triton builds" in res.out
+    assert matrix.where("workload", "runtime_compiler_below_triton") in res.out
+    assert "none needed" in run_cli("show", "hopper-cu130").out
