@@ -97,7 +97,7 @@ def gate_docker(fake_docker, probe_status: str, smoke_exit: int = 0, repo_tags: 
     inspect = json.dumps([{"Id": IMAGE, "RepoTags": list(repo_tags)}])
     return DockerClient(str(fake_docker(
         f"*probe\\ smoke*) echo '{probe_report('pass')}'; exit {smoke_exit} ;;\n"
-        f"*probe\\ fresh-kernel*) echo '{probe_report('pass')}' ;;\n"
+        f"*probe\\ fresh-kernel*|*probe\\ workload*) echo '{probe_report('pass')}' ;;\n"
         f"*probe\\ --json*) echo '{probe_report(probe_status)}'; exit {probe_exit} ;;\n"
         f"image\\ inspect\\ *) echo '{inspect}' ;;\n"
         "tag\\ *|image\\ rm\\ *) exit 0 ;;")), "classic", "20.10.24")
