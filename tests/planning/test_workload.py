@@ -128,7 +128,7 @@ def test_rms_eps_written_without_a_dot_is_one_line_with_the_fix(parse, matrix_te
     ("{name: llama-3.2-3b,", "{name: llama-3.2-1b,", "warm_shapes[1].name: duplicate shape name 'llama-3.2-1b'"),
     ("  name: unsloth\n", "  name: axolotl\n", "workload.name: must be one of unsloth, got 'axolotl'"),
     ("    - unsloth==2026.10.9\n", "", "workload.requirements: must pin the workload itself (unsloth==VERSION)"),
-    ("  prove: ", "  prove: no-thanks # ", "workload.prove: expected true or false, got string"),
+    ("\n  prove: ", "\n  prove: no-thanks # ", "workload.prove: expected true or false, got string"),
     ('  runtime_compiler_below_triton: "3.7"\n', "  runtime_compiler_below_triton: 3.7\n",
      "runtime_compiler_below_triton: expected a string, got number 3.7"),
     ("  warm_shapes:\n", "  warm_shape:\n", "workload.warm_shape: unknown key 'warm_shape' (did you mean 'warm_shapes'?)"),
