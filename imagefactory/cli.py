@@ -32,6 +32,7 @@ from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.model import Matrix, Target
 from imagefactory.plan.rules import Candidate
 from imagefactory.plan.rules import explain as explain_rules
+from imagefactory.plan.workload import SHAPES_FILE, shapes_file
 from imagefactory.publish import commands as publish_commands
 from imagefactory.publish.docs import DOCS_REPO
 from probe.tags import TRAIN_DTYPES
@@ -142,6 +143,10 @@ def show_table(t: Target) -> Table:
          p["bitsandbytes"]),
         ("payload", f"{t.payload_name}: {', '.join(t.payload_requirements)}", p["payload"]),
         ("optional", ", ".join(t.optional_requirements) or "-", p["optional"]),
+        ("workload", f"{t.workload.name} {t.workload.version}: {', '.join(t.workload.requirements)}; "
+                     f"{len(t.workload.warm_shapes)} warm shapes" if t.workload else "-", p["workload"]),
+        ("runtime C compiler", "gcc (triton builds a launcher per kernel)" if t.runtime_c_compiler else "none needed",
+         p["runtime_c_compiler"]),
         ("train dtype", t.train_dtype, p["train_dtype"]),
         ("warm triton cache", "yes" if t.warm_triton_cache else "no", p["warm_triton_cache"]),
         ("tags", ", ".join(f"{t.image_repo}:{tag}" for tag in t.tags), p["image_repo"]),
@@ -179,8 +184,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for refused in choice.refusals:
             print(f"  {refused}")
         print(f"rules checked for {label}:")
-    for name, doc, refusal in explain_rules(matrix, cand):
-        mark = "ok  " if refusal is None else "FAIL"
+    for name, doc, refusal, refuses in explain_rules(matrix, cand):
+        mark = "ok  " if refusal is None else "FAIL" if refuses else "NOTE"
         print(f"  {mark} {name}: {doc}" + ("" if refusal is None else f"\n       -> {refusal.reason}"))
     return 0 if choice.candidate is not None else REFUSED_EXIT
 
@@ -216,6 +221,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     rendered = render.render_all(targets, templates)
     rendered[outputs.PROBE_FACTS_PATH] = outputs.probe_facts(matrix)
     rendered[schema.SCHEMA_PATH] = schema.schema_text()
+    rendered |= shapes_file(matrix)  # the probe's warm shapes
     prune = not args.select  # a partial render must not delete the other targets' files
     if args.check:
         drift = render.check(rendered, root, prune=prune)
@@ -223,12 +229,12 @@ def cmd_render(args: argparse.Namespace) -> int:
             raise RenderDriftError(
                 f"{len(drift)} rendered file(s) differ from matrix.yaml + templates/ (run `make render`)",
                 details=[str(d) for d in drift])
-        print(f"{len(rendered)} dockerfiles up to date")
+        print(f"{len(rendered) - 1} dockerfiles and {SHAPES_FILE} up to date")
         return 0
     changes = render.write(rendered, root, prune=prune)
     for change in changes:
         print(f"{'removed' if change.kind == 'stale' else 'wrote'} {change.path}")
-    print(f"{len(rendered)} dockerfiles, {len(changes)} changed")
+    print(f"{len(rendered) - 1} dockerfiles and {SHAPES_FILE}, {len(changes)} changed")
     return 0
 
 

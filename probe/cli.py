@@ -67,6 +67,8 @@ def parse_sms(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] == "fresh-kernel":  # an uncached Triton kernel compiles (probe/fresh.py)
+            return _fresh_kernel(_fresh_parser().parse_args(argv[1:]))
         if argv and argv[0] == "smoke":
             return _smoke(_smoke_parser().parse_args(argv[1:]))
         if argv and argv[0] == "warm":
@@ -163,3 +165,22 @@ def _warm(args: argparse.Namespace) -> int:
             print(f"sm_{r.sm}  {len(r.kernels)} kernels, {len(r.modules)} modules, {len(r.new_files)} new files "
                   f"in {r.cache_dir} ({r.seconds:.1f} s)")
     return 0 if ok else 1
+
+
+def _fresh_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m probe fresh-kernel", description="Compile (no GPU: for the SM, into a scratch copy of "
+                "the cache) or launch (GPU) a Triton kernel no cache holds, with the image's own tools.")
+    p.add_argument("--sm", help="SM to compile for without a GPU (default: PROBE_EXPECT_SM, else 9.0)")
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def _fresh_kernel(args: argparse.Namespace) -> int:
+    if args.sm:
+        parse_sms(args.sm)  # usage error for a malformed list
+    from probe import fresh  # noqa: PLC0415
+
+    checks = [fresh.check(args.sm)]
+    doc = report.document("fresh-kernel", checks)
+    print(report.dumps(doc) if args.json else "\n".join(report.render_checks(checks)))
+    return doc["exit_code"]

@@ -28,6 +28,9 @@ PACKAGES = (
     "flash-attn-3",
     "xformers",
     "deepspeed",
+    "unsloth",
+    "unsloth_zoo",
+    "trl",
     "numpy",
 )
 

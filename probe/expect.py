@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from probe.results import Check, Detection, failed, passed, skipped
 
 KEYS = ("target", "vendor", "sm", "cuda", "torch", "triton", "bitsandbytes", "python", "warm_cache",
-        "dtype", "gfx", "rocm")  # ROCm targets declare gfx/rocm instead of sm/cuda (docs/matrix.md)
+        "dtype", "gfx", "rocm", "unsloth")  # ROCm targets declare gfx/rocm instead of sm/cuda (docs/matrix.md)
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "fp32": "float32", "float32": "float32"}
 ENV_PREFIX = "PROBE_EXPECT_"
@@ -104,7 +104,7 @@ def check(expected: dict[str, str], det: Detection, environ: Mapping[str, str] |
             out.append(_compare(name, declared, found, _version_matches(declared, found), "torch's CUDA build"))
         elif key == "python":
             out.append(_compare(name, declared, det.python, _version_matches(declared, det.python), "Python"))
-        else:  # torch, triton, bitsandbytes: installed distribution versions
+        else:  # torch, triton, bitsandbytes, unsloth: installed distribution versions
             found = det.packages.get(key)
             out.append(_compare(name, declared, found, _version_matches(declared, found), f"{key} version"))
     return out

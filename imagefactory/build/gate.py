@@ -1,10 +1,11 @@
 """The gate: a candidate image (by ID) proves itself with its own probe and smoke suite, then is tagged.
 
-Both steps run inside the image with `--network none`, and with the host's GPUs of the target's vendor
-when it has any (`--gpus all` for NVIDIA, ROCm's device nodes for AMD). Only when both pass is the
-image tagged `<repo>:<target>`, `<repo>:<target>-latest` and the immutable tag. A failed gate leaves
-no such tag on the image (also none that an earlier pass gave it), prints the failing checks and keeps
-the report in reports/<target>/ (gate.json, probe.json, smoke.json) — the file the release step reads.
+Every step runs inside the image with `--network none`, and with the host's GPUs of the target's vendor
+when it has any (`--gpus all` for NVIDIA, ROCm's device nodes for AMD). Only when all pass is the image
+tagged `<repo>:<target>`, `<repo>:<target>-latest` and the immutable tag. A failed gate leaves no such
+tag on the image (also none that an earlier pass gave it), prints the failing checks and keeps the report
+in reports/<target>/ (gate.json, probe.json, smoke.json, fresh-kernel.json, workload.json) — gate.json is
+the file the release step reads; it lists each step's skipped checks too (CPU mode skips the GPU ones).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class StepResult:
     exit_code: int
     failing: tuple[str, ...]  # "check: reason" for each failed check (or why the step itself failed)
     report: str  # file name under reports/<target>/
+    skipped: tuple[str, ...] = ()  # "check: reason" for each check the step skipped (no GPU, ...)
 
     @property
     def passed(self) -> bool:
@@ -91,8 +93,8 @@ def gate_tags(target: Target, release: str) -> tuple[str, ...]:
     return gate_refs(target, release)
 
 
-def failing_checks(report: Any) -> list[str]:
-    """`name: reason` for every check in the probe's JSON whose status is `fail`, wherever it nests."""
+def failing_checks(report: Any, status: str = "fail") -> list[str]:
+    """`name: reason` for every check in the probe's JSON with this status (`fail`), wherever it nests."""
     out: list[str] = []
 
     def walk(node: Any) -> Iterator[dict]:
@@ -105,16 +107,26 @@ def failing_checks(report: Any) -> list[str]:
                 yield from walk(value)
 
     for node in walk(report):
-        if node.get("status") == "fail" and "name" in node:
+        if node.get("status") == status and "name" in node:
             out.append(f"{node['name']}: {node.get('reason', '')}".rstrip(": "))
     return out
 
 
-def step_commands(require_gpu: bool, target_id: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+def step_commands(require_gpu: bool, target: Target) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The probe commands the gate runs in the image, in order (each must pass for the next to run).
+
+    fresh-kernel: a Triton kernel no cache holds compiles (and on a GPU launches) with the image's own tools.
+    workload: the declared workload (Unsloth QLoRA with 0 compiles on a GPU; installation, imports and the
+    warm replay on a CPU), for targets whose matrix says `workload.prove`."""
     # `--expect target=` is compared by the probe with the image's own PROBE_EXPECT_TARGET and torch's build
-    probe = ("python", "-m", "probe", "--json", "--expect", f"target={target_id}", *(("--require-gpu",) if require_gpu else ()))
-    smoke = ("python", "-m", "probe", "smoke", "--json")
-    return (("probe", probe), ("smoke", smoke))
+    probe = ("python", "-m", "probe", "--json", "--expect", f"target={target.id}",
+             *(("--require-gpu",) if require_gpu else ()))
+    steps = [("probe", probe), ("smoke", ("python", "-m", "probe", "smoke", "--json"))]
+    if target.warm_triton_cache:
+        steps.append(("fresh-kernel", ("python", "-m", "probe", "fresh-kernel", "--json")))
+    if target.workload is not None and target.workload.prove:
+        steps.append(("workload", ("python", "-m", "probe", "workload", "--json")))
+    return tuple(steps)
 
 
 def run_step(client: DockerClient, image_id: str, name: str, argv: tuple[str, ...], gpu_args: tuple[str, ...], out_dir: Path) -> StepResult:
@@ -135,7 +147,7 @@ def run_step(client: DockerClient, image_id: str, name: str, argv: tuple[str, ..
     if done.returncode != 0 and not failing:
         last = done.tail[-1] if done.tail else "no output"
         failing = [f"exit {done.returncode}: {last}"]
-    return StepResult(name, argv, done.returncode, tuple(failing), report_name)
+    return StepResult(name, argv, done.returncode, tuple(failing), report_name, tuple(failing_checks(report, "skip")))
 
 
 def candidate_for(client: DockerClient, target: Target, image: str) -> str:
@@ -179,7 +191,7 @@ def _gate(client: DockerClient, target: Target, image_id: str, *, release: str, 
           gpus: bool | None) -> GateResult:
     out_dir = reports_dir / target.id
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ("gate.json", "probe.json", "probe.out", "smoke.json", "smoke.out"):
+    for stale in ("gate.json", *(f"{name}.{ext}" for name, _ in step_commands(True, target) for ext in ("json", "out"))):
         (out_dir / stale).unlink(missing_ok=True)  # a report must describe this image only
     vendor = target.arch.vendor
     gpus = host_has_gpus(vendor) if gpus is None else gpus
@@ -189,9 +201,12 @@ def _gate(client: DockerClient, target: Target, image_id: str, *, release: str, 
         echo(f"gate {target.id}: no {'AMD' if vendor == 'amd' else 'NVIDIA'} GPU on this host: CPU mode (GPU checks skipped"
              f"{'; --require-gpu makes that a failure' if require_gpu else ''})")
     steps = []
-    for name, argv in step_commands(require_gpu, target.id):
+    for name, argv in step_commands(require_gpu, target):
         step = run_step(client, image_id, name, argv, gpu_args, out_dir)
         steps.append(step)
+        if step.skipped:
+            names = ", ".join(line.split(":", 1)[0] for line in step.skipped)
+            echo(f"gate {target.id}: {name}: skipped {len(step.skipped)} check(s) (reasons in {step.report}): {names}")
         if not step.passed:
             break  # smoke training on an image whose probe failed proves nothing
     result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps))

@@ -26,6 +26,8 @@ from imagefactory.plan.model import (
     TrainDtype,
 )
 from imagefactory.plan.rules import Candidate, base_images, check, payload_for, vendor_mismatch
+from imagefactory.plan.rules import workload as workload_note
+from imagefactory.plan.workload import accepts, needs_runtime_compiler
 from probe import tags
 
 
@@ -130,6 +132,11 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         "PROBE_EXPECT_DTYPE": dtype,
         "PROBE_EXPECT_WARM_CACHE": "1" if warm else "0",
     }
+    # Rule workload is a note: a cell the pinned set does not fit ships without it (explain says why).
+    workload = matrix.workload if matrix.workload and accepts(matrix.workload, torch.version, python) else None
+    if workload is not None:
+        labels[f"io.imagefactory.{workload.name}"] = workload.version
+        expect[f"PROBE_EXPECT_{workload.name.upper()}"] = workload.version
     base_src = (matrix.where("toolkits", tk.id, "bases", flavor.name) if flavor.name in tk.bases
                 else matrix.where("flavors", flavor.name, "base"))
     provenance = {
@@ -153,6 +160,9 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         "optional": matrix.where("optional"),
         "warm_triton_cache": f"{matrix.where('warm_triton_cache')} (CUDA targets only)",
         "image_repo": matrix.where("image_repo"),
+        "workload": matrix.where("workload") + (f" (not installed, rule workload: {note.reason})"
+                                                if workload is None and (note := workload_note(matrix, cand)) else ""),
+        "runtime_c_compiler": f"{matrix.where('workload', 'runtime_compiler_below_triton')} (triton {torch.triton})",
     }
     return Target(
         id=target_id,
@@ -181,6 +191,8 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         labels=labels,
         expect_env=expect,
         is_default=is_default,
+        workload=workload,
+        runtime_c_compiler=needs_runtime_compiler(matrix, torch.triton),
         provenance=provenance,
     )
 

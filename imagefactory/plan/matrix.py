@@ -11,6 +11,7 @@ before anything is built, YAML timestamps stay strings, and each value is checke
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,6 +35,8 @@ from imagefactory.plan.model import (
     Payload,
     Toolkit,
     TorchBuild,
+    WarmShape,
+    Workload,
     format_path,
     minor_of,
     nearest_line,
@@ -407,13 +410,15 @@ def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:
     bnb = _bitsandbytes(r, top["bitsandbytes"], ("bitsandbytes",)) if "bitsandbytes" in top else None
     payloads = _payloads(r, top["payloads"]) if "payloads" in top else ()
     optional = r.optional(top, "optional", (), r.requirements, default=()) or ()
+    workload = _workload(r, top["workload"]) if "workload" in top else None
     expand_all, extra = _cells(r, top.get("cells"), arches, toolkits, torches, flavors) if "cells" in top else (False, ())
     if doc.problems or image_repo is None or index_url is None or warm is None or bnb is None:
         return None
     return Matrix(path=path, image_repo=image_repo, torch_index_url=index_url, warm_triton_cache=warm,
                   arches=arches, toolkits=toolkits, torches=torches, flavors=flavors, sm_min_cuda=sm_min_cuda,
                   triton_pairing=triton_pairing, bitsandbytes=bnb, payloads=payloads,
-                  optional_requirements=optional, expand_all=expand_all, extra_cells=extra, lines=dict(doc.lines))
+                  optional_requirements=optional, expand_all=expand_all, extra_cells=extra, workload=workload,
+                  lines=dict(doc.lines))
 
 
 # ---- sections ------------------------------------------------------------------------------------
@@ -658,3 +663,99 @@ def _cells(
     if expand_mode == "none" and not extra and "extra" in m:
         r.doc.problem(("cells", "extra"), "is empty and expand is none: the matrix has no cells")
     return expand_mode == "all", tuple(extra)
+
+
+# ---- workload: Unsloth pinned and the model shapes to warm (plan/workload.py: what follows from it) ----
+
+SHAPE_KEYS = schema.keys(schema.WARM_SHAPE)
+SHAPE_NAME_RE = _compile(schema.SHAPE_NAME)
+PIN_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(.+)")  # on requirements already checked whole
+
+
+def _workload(r: _Reader, value: Any, path: Path_ = ("workload",)) -> Workload | None:
+    """Validate the `workload:` mapping; every problem is recorded on the reader (None when any)."""
+    m = r.mapping(value, path, schema.keys(schema.WORKLOAD))
+    if m is None:
+        return None
+    name = r.choice(m.get("name"), path + ("name",), schema.WORKLOADS) if "name" in m else None
+    torch = r.specifier(m.get("torch"), path + ("torch",)) if "torch" in m else None
+    python = r.specifier(m.get("python"), path + ("python",)) if "python" in m else None
+    reqs = r.str_list(m.get("requirements"), path + ("requirements",), lambda v, q: r.string(
+        v, q, regex=REQUIREMENT_RE, what="pinned requirement (NAME==VERSION)")) if "requirements" in m else None
+    prove = r.boolean(m.get("prove"), path + ("prove",)) if "prove" in m else None
+    below = r.version(m.get("runtime_compiler_below_triton"), path + ("runtime_compiler_below_triton",),
+                      major_minor=True) if "runtime_compiler_below_triton" in m else None
+    shapes = _shapes(r, m.get("warm_shapes"), path + ("warm_shapes",)) if "warm_shapes" in m else None
+    version = None
+    if name is not None and reqs is not None:
+        pins = {_canonical(p.group(1)): p.group(2) for req in reqs if (p := PIN_RE.fullmatch(req))}
+        version = pins.get(name)
+        if version is None:
+            r.doc.problem(path + ("requirements",), f"must pin the workload itself ({name}==VERSION)")
+    if None in (name, torch, python, reqs, prove, below, shapes, version):
+        return None
+    return Workload(name, version, torch, python, reqs, prove, below, shapes)  # type: ignore[arg-type]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _shapes(r: _Reader, value: Any, path: Path_) -> tuple[WarmShape, ...] | None:
+    if not isinstance(value, list) or not value:
+        r.doc.problem(path, "expected a non-empty list of model shapes")
+        return None
+    shapes: list[WarmShape] = []
+    ok = True
+    for i, body in enumerate(value):
+        shape = _shape(r, body, path + (i,))
+        if shape is None:
+            ok = False
+            continue
+        if shape.name in {s.name for s in shapes}:
+            r.doc.problem(path + (i, "name"), f"duplicate shape name {shape.name!r}")
+            ok = False
+            continue
+        shapes.append(shape)
+    return tuple(shapes) if ok else None
+
+
+def _shape(r: _Reader, value: Any, path: Path_) -> WarmShape | None:
+    m = r.mapping(value, path, SHAPE_KEYS)
+    if m is None or any(k not in m for k in SHAPE_KEYS):
+        return None
+    name = r.string(m["name"], path + ("name",), regex=SHAPE_NAME_RE, what="shape name (lowercase, digits, '.', '-')")
+    ints = {k: _positive_int(r, m[k], path + (k,)) for k in schema.SHAPE_INTS}
+    eps = _epsilon(r, m["rms_eps"], path + ("rms_eps",))
+    act = r.choice(m["act"], path + ("act",), schema.ACTS)
+    if name is None or eps is None or act is None or None in ints.values():
+        return None
+    if ints["heads"] % ints["kv_heads"]:  # type: ignore[operator]
+        r.doc.problem(path + ("kv_heads",), f"heads ({ints['heads']}) must be a multiple of kv_heads ({ints['kv_heads']})")
+        return None
+    return WarmShape(name, **ints, rms_eps=eps, act=act)  # type: ignore[arg-type]
+
+
+def _positive_int(r: _Reader, value: Any, path: Path_) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        r.doc.problem(path, f"expected a whole number, got {_kind(value)} {value!r}")
+        return None
+    if not 0 < value < 2**31:
+        r.doc.problem(path, f"must be between 1 and 2^31-1, got {value}")
+        return None
+    return value
+
+
+def _epsilon(r: _Reader, value: Any, path: Path_) -> float | None:
+    if isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+        r.doc.problem(path, f"expected a number, got string {value!r} (YAML needs a dot: write 1.0e-5)")
+        return None
+    if not isinstance(value, float) or not math.isfinite(value) or not 0 < value < 1:
+        r.doc.problem(path, f"expected a number between 0 and 1 like 1.0e-5, got {_kind(value)} {value!r}")
+        return None
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "list", dict: "mapping"}.get(
+        type(value), "null" if value is None else type(value).__name__)

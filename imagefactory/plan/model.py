@@ -22,6 +22,7 @@ ToolkitKind = Literal["cuda", "rocm"]
 NvccOrigin = Literal["pypi", "base", "hipcc", "none"]
 BnbMode = Literal["source", "wheel"]
 TrainDtype = Literal["bf16", "fp16"]
+WarmAct = Literal["swiglu", "geglu"]
 
 
 def minor_of(version: str) -> str:
@@ -109,6 +110,35 @@ class Payload:
 
 
 @dataclass(frozen=True)
+class WarmShape:
+    """A model's widths whose Triton kernels the image compiles ahead (workload.warm_shapes)."""
+
+    name: str  # "llama-3.1-8b"
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    rms_eps: float
+    act: WarmAct
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the images are for (matrix.yaml `workload:`): Unsloth, pinned, and the shapes to warm."""
+
+    name: str  # "unsloth": the probe's --workload name
+    version: str  # the unsloth== pin: labels and PROBE_EXPECT_UNSLOTH
+    torch: str  # specifier: the torch releases the pinned set resolves with
+    python: str  # specifier: the pythons it resolves with
+    requirements: tuple[str, ...]  # "unsloth==2026.10.9", ...
+    prove: bool  # warm its kernels in the image and run `probe workload` in the gate
+    runtime_compiler_below_triton: str  # triton older than this builds C launchers at first launch
+    warm_shapes: tuple[WarmShape, ...]
+
+
+@dataclass(frozen=True)
 class CellSpec:
     """One explicit cell from `cells.extra` (None: use the cell's default)."""
 
@@ -156,6 +186,7 @@ class Matrix:
     optional_requirements: tuple[str, ...]
     expand_all: bool
     extra_cells: tuple[CellSpec, ...]
+    workload: Workload | None = None  # None: the matrix declares no workload
     lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, repr=False, compare=False)
     # Filled by the loader (load_matrix / parse_matrix): every target, and the cells the rules skipped.
     # They belong to this exact matrix: a dataclasses.replace() of another field keeps them stale, so
@@ -227,6 +258,8 @@ class Target:
     labels: Mapping[str, str]
     expect_env: Mapping[str, str]
     is_default: bool  # the arch x toolkit cell's default torch and flavor
+    workload: Workload | None  # installed over the payload; None where the matrix declares none or its pins do not fit
+    runtime_c_compiler: bool  # the runtime stage gets gcc: its triton builds a C launcher per kernel signature
     provenance: Mapping[str, str] = field(repr=False, compare=False)
 
     @property

@@ -24,6 +24,7 @@ from imagefactory.plan.model import (
     TrainDtype,
     minor_of,
 )
+from imagefactory.plan.workload import accepts
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,18 @@ def payload(m: Matrix, c: Candidate) -> Refusal | None:
     return None
 
 
+def workload(m: Matrix, c: Candidate) -> Refusal | None:
+    """A note, not a refusal: a cell the workload's pinned set does not fit is built without the workload
+    (its torch/payload still fine-tune; `explain` and `show` say why Unsloth is missing)."""
+    python = python_of(c.toolkit, c.flavor)
+    w = m.workload
+    if w is None or python is None or accepts(w, c.torch.version, python):
+        return None
+    return Refusal("workload", f"{w.name} {w.version} and its pins are resolved for torch{w.torch} with "
+                              f"python{w.python} ({m.where('workload', 'torch')}); this cell has torch "
+                              f"{c.torch.version} with python {python}")
+
+
 def bf16(m: Matrix, c: Candidate) -> Refusal | None:
     if c.dtype == "bf16" and "bf16" not in c.arch.capabilities:
         return Refusal("bf16", f"{c.arch.name} has no bf16 (needs SM >= 8.0); use dtype fp16")
@@ -183,7 +196,11 @@ RULES: tuple[tuple[str, Callable[[Matrix, Candidate], Refusal | None], str], ...
     ("payload", payload, "a payload accepts the torch and python"),
     ("bf16", bf16, "bf16 settings only on SMs with bf16"),
 )
-RULE_NAMES = tuple(name for name, _, _ in RULES)
+# Rules that decide what a target holds, never whether it exists (explain prints them as notes).
+NOTES: tuple[tuple[str, Callable[[Matrix, Candidate], Refusal | None], str], ...] = (
+    ("workload", workload, "the workload's pinned set (Unsloth) accepts the torch and python, else the image ships without it"),
+)
+RULE_NAMES = tuple(name for name, _, _ in RULES + NOTES)
 
 
 def check(matrix: Matrix, candidate: Candidate) -> list[Refusal]:
@@ -191,6 +208,7 @@ def check(matrix: Matrix, candidate: Candidate) -> list[Refusal]:
     return [r for _, rule, _ in RULES if (r := rule(matrix, candidate)) is not None]
 
 
-def explain(matrix: Matrix, candidate: Candidate) -> list[tuple[str, str, Refusal | None]]:
-    """(rule, what it checks, refusal or None) for every rule: what `explain` prints."""
-    return [(name, doc, rule(matrix, candidate)) for name, rule, doc in RULES]
+def explain(matrix: Matrix, candidate: Candidate) -> list[tuple[str, str, Refusal | None, bool]]:
+    """(rule, what it checks, refusal or None, whether it refuses) for every rule and note: what `explain` prints."""
+    return ([(name, doc, rule(matrix, candidate), True) for name, rule, doc in RULES]
+            + [(name, doc, rule(matrix, candidate), False) for name, rule, doc in NOTES])

@@ -138,6 +138,25 @@ CELL = record({
     "dtype": choice(TRAIN_DTYPES),
 }, "arch", "toolkit")
 CELLS = record({"expand": choice(EXPAND_MODES), "extra": {"type": "array", "items": CELL}}, "expand")
+WORKLOADS = ("unsloth",)  # what `python -m probe warm --workload NAME` knows
+ACTS = ("swiglu", "geglu")  # the gated MLP the model uses (Llama/Qwen/Mistral/Phi: swiglu; Gemma: geglu)
+SHAPE_NAME = r"[a-z0-9][a-z0-9.-]*"
+SHAPE_INTS = ("hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab")
+WARM_SHAPE = record({
+    "name": string(SHAPE_NAME),
+    **{key: {"type": "integer", "minimum": 1, "maximum": 2**31 - 1} for key in SHAPE_INTS},
+    "rms_eps": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "act": choice(ACTS),
+}, "name", *SHAPE_INTS, "rms_eps", "act")
+WORKLOAD = record({
+    "name": choice(WORKLOADS),
+    "torch": string(SPECIFIER),
+    "python": string(SPECIFIER),
+    "requirements": array(string(REQUIREMENT)),
+    "prove": {"type": "boolean"},
+    "runtime_compiler_below_triton": string(MAJOR_MINOR),
+    "warm_shapes": {"type": "array", "minItems": 1, "items": WARM_SHAPE},
+}, "name", "torch", "python", "requirements", "prove", "runtime_compiler_below_triton", "warm_shapes")
 
 ROOT = record({
     "image_repo": string(IMAGE_REPO),
@@ -153,6 +172,7 @@ ROOT = record({
     "payloads": {"type": "array", "minItems": 1, "items": PAYLOAD},
     "optional": array(string(REQUIREMENT)),
     "cells": CELLS,
+    "workload": WORKLOAD,
 }, "image_repo", "torch_index_url", "arches", "sm_min_cuda", "toolkits", "torch", "triton_pairing", "flavors",
    "bitsandbytes", "payloads", "cells")
 

@@ -116,6 +116,8 @@ def test_gate_passed_and_sealed_and_tagged_the_image(built, client, target):
         assert built.returncode == 0, built.output[-3000:]
     gate = report(target, "gate", built)
     assert gate["result"] == "passed"
+    assert [s["name"] for s in gate["steps"]][:3] == ["probe", "smoke", "fresh-kernel"]
+    assert gate["mode"] == "gpu" or any(s["skipped"] for s in gate["steps"]), "CPU mode says what it skipped"
     sealed = image_inspect(client, gate["sealed_image"])  # the tags go on the seal: same layers, gate labels added
     assert sealed["Config"]["Labels"]["io.imagefactory.gate.image"] == built.image_id
     assert sealed["Config"]["Labels"]["io.imagefactory.gate"] == "passed"
@@ -176,7 +178,9 @@ def test_expected_identity_and_cache_dir_are_set(config, target, built):
         assert "TRITON_CACHE_MANAGER" not in env and "IMAGEFACTORY_TRITON_BAKED_CACHE" not in env
 
 
-def test_no_compiler_toolchain_in_the_runtime_image(client, built, site):
+def test_no_compiler_toolchain_in_the_runtime_image(client, built, site, target):
+    if target.runtime_c_compiler:
+        pytest.skip(f"triton {target.triton_version} builds a launcher per kernel: this runtime ships gcc on purpose")
     out = in_image(client, built.image_id,
                    "for t in gcc cc g++ nvcc cmake ninja; do command -v $t; done; ls -d /opt/toolchain /opt/cuda /opt/sbom-tool 2>/dev/null; "
                    f"ls {site}/nvidia/*/bin 2>/dev/null | grep -E '^(nvcc|ptxas)$'; true")
@@ -190,6 +194,49 @@ def bnb_library(target: Target) -> str:
 def test_one_bitsandbytes_library_for_the_toolkit_plus_cpu(client, built, site, target, nvidia):
     libs = in_image(client, built.image_id, f"cd {site}/bitsandbytes && ls libbitsandbytes_*").split()
     assert sorted(libs) == ["libbitsandbytes_cpu.so", bnb_library(target)]
+
+
+def test_unsloth_is_installed_at_the_labelled_version(client, built, config, target):
+    if target.workload is None:
+        pytest.skip("no workload for this target (rule workload)")
+    label = config["Labels"]["io.imagefactory.unsloth"]
+    assert label == target.workload.version
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["PROBE_EXPECT_UNSLOTH"] == label
+    out = in_image(client, built.image_id, "python -c \"import importlib.metadata as m; "
+                   "print(m.version('unsloth'), m.version('unsloth_zoo'), m.version('bitsandbytes'))\"").split()
+    assert out[:2] == [label, label]
+    assert out[2] == config["Labels"]["io.imagefactory.bitsandbytes"], "the workload layer kept the SM build"
+    # Unsloth imports without a GPU (unsloth_zoo only after unsloth: it says "Please install Unsloth" otherwise)
+    out = in_image(client, built.image_id, "python -c 'import unsloth, unsloth_zoo, trl; print(\"imported\")' 2>&1 | tail -1")
+    assert out.strip() == "imported", out
+
+
+def test_a_fresh_kernel_compiles_in_the_runtime_image(client, built, target):
+    """With no network and no GPU: a kernel no cache holds compiles for sm_90 and gets its host modules."""
+    doc = json.loads(in_image(client, built.image_id, "python -m probe fresh-kernel --json"))
+    check = doc["checks"][0]
+    assert doc["ok"] and check["name"] == "triton.fresh_kernel" and check["status"] == "pass", check
+    assert check["numbers"]["sm"] == int(target.sm_codes[0]) and check["numbers"]["compiles"] >= 1
+
+
+def test_bytecode_is_precompiled_and_hash_based(client, built, site, target):
+    """compileall --invalidation-mode unchecked-hash: PEP 552 flags word 1 in every .pyc we sample."""
+    tag = "cpython-" + target.python.replace(".", "")
+    script = (f"cd {site} && for f in transformers/__pycache__/__init__.{tag}.pyc "
+              f"trl/__pycache__/__init__.{tag}.pyc peft/__pycache__/__init__.{tag}.pyc; do "
+              "python -c \"import sys; print(int.from_bytes(open(sys.argv[1], 'rb').read()[4:8], 'little'))\" $f; done")
+    assert in_image(client, built.image_id, script).split() == ["1", "1", "1"]
+
+
+def test_warm_cache_holds_the_workload_kernels_for_the_declared_shapes(client, built, target):
+    """The replay of the workload warm-up hits every kernel and writes nothing (probe warm --check)."""
+    if target.workload is None or not target.workload.prove:
+        pytest.skip("matrix.yaml workload.prove is false: the workload warm step is not in this image yet")
+    done = subprocess.run([client.executable, "run", "--rm", "--network", "none", built.image_id, "python", "-m", "probe",
+                           "warm", "--sm", target.sm_codes[0], "--workload", target.workload.name, "--check"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def _cuobjdump() -> Path:

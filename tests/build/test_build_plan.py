@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imagefactory.build.docker import parse_version
-from imagefactory.build.gate import failing_checks, gate_tags
+from imagefactory.build.gate import failing_checks, gate_tags, step_commands
 from imagefactory.build.images import (
     BnbChoice,
     BuildResult,
@@ -122,3 +122,20 @@ def test_summary_table_has_one_row_per_target_with_reason():
     assert [c.header for c in table.columns] == ["target", "result", "duration", "image size", "reason"]
     assert table.row_count == 2
     assert human_size(6_410_000_000) == "6.41 GB" and human_size(None) == "-"
+
+
+def test_gate_steps_prove_a_fresh_kernel_and_the_workload_when_declared(hopper):
+    names = [name for name, _ in step_commands(False, hopper)]
+    assert names[:3] == ["probe", "smoke", "fresh-kernel"]
+    assert dict(step_commands(True, hopper))["probe"][-1] == "--require-gpu"
+    assert dict(step_commands(False, hopper))["fresh-kernel"] == ("python", "-m", "probe", "fresh-kernel", "--json")
+    proving = dataclasses.replace(hopper, workload=dataclasses.replace(hopper.workload, prove=True))
+    assert dict(step_commands(False, proving))["workload"] == ("python", "-m", "probe", "workload", "--json")
+    assert "workload" not in dict(step_commands(False, dataclasses.replace(hopper, workload=None)))
+    assert "fresh-kernel" not in dict(step_commands(False, dataclasses.replace(hopper, warm_triton_cache=False)))
+
+
+def test_skipped_checks_are_listed_like_failing_ones():
+    report = {"checks": [{"name": "gpu.visible", "status": "skip", "reason": "no GPU visible: CPU mode"},
+                         {"name": "b", "status": "pass", "reason": "ok"}]}
+    assert failing_checks(report, "skip") == ["gpu.visible: no GPU visible: CPU mode"]

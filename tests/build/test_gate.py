@@ -41,6 +41,7 @@ def gate_docker(fake_docker, probe_status: str, smoke_exit: int = 0, repo_tags: 
     inspect = inspect_answer(HOPPER_LABELS if labels is None else labels, repo_tags)
     return DockerClient(str(fake_docker(
         f"*probe\\ smoke*) echo '{probe_report('pass')}'; exit {smoke_exit} ;;\n"
+        f"*probe\\ fresh-kernel*|*probe\\ workload*) echo '{probe_report('pass')}' ;;\n"
         f"*probe\\ --json*) echo '{probe_report(probe_status)}'; exit {probe_exit} ;;\n"
         f"image\\ inspect\\ *) echo '{inspect}' ;;\n"
         f'build\\ -q*) cat "$7/Dockerfile" > {fake_docker.log}.dockerfile; echo {SEALED} > "$6" ;;\n'
@@ -95,7 +96,7 @@ def test_regating_a_seal_gates_its_candidate(fake_docker, hopper, tmp_path):
     seal = json.dumps([{"Id": SEALED, "Config": {"Labels": {**HOPPER_LABELS, GATE_IMAGE_LABEL: IMAGE}}, "RootFS": layers}])
     candidate = json.dumps([{"Id": IMAGE, "Config": {"Labels": HOPPER_LABELS}, "RootFS": layers}])
     client = DockerClient(str(fake_docker(
-        f"*probe\\ smoke*|*probe\\ --json*) echo '{probe_report('pass')}' ;;\n"
+        f"*probe\\ smoke*|*probe\\ fresh-kernel*|*probe\\ --json*) echo '{probe_report('pass')}' ;;\n"
         f"image\\ inspect\\ --\\ {IMAGE}) echo '{candidate}' ;;\n"
         f"image\\ inspect\\ *) echo '{seal}' ;;\n"
         f'build\\ -q*) echo {"sha256:" + "ef" * 32} > "$6" ;;\n'
@@ -198,11 +199,13 @@ def test_gate_hands_an_amd_target_rocm_device_nodes_not_nvidia_gpus(fake_docker,
 
 
 def test_what_the_gate_runs_in_the_image(fake_docker, hopper, tmp_path):
-    """The probe, then the smoke suite, each the image's own `python -m probe`, with no network."""
+    """The probe, the smoke suite, then a kernel no cache holds (hopper-cu130 has a warm cache; its workload is
+    not proven yet), each the image's own `python -m probe`, with no network."""
     client = gate_docker(fake_docker, "pass")
     gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path, gpus=False)
     runs = [c for c in fake_docker.log.read_text().splitlines() if c.startswith("run")]
-    assert [r.split(f"{IMAGE} ", 1)[1] for r in runs] == ["python -m probe --json --expect target=hopper-cu130", "python -m probe smoke --json"]
+    assert [r.split(f"{IMAGE} ", 1)[1] for r in runs] == ["python -m probe --json --expect target=hopper-cu130", "python -m probe smoke --json",
+                                                              "python -m probe fresh-kernel --json"]
     assert all(r.startswith("run --rm --name imagefactory-") and " --network none " in r for r in runs)
 
 
@@ -235,7 +238,7 @@ DETECTABLE = 'buildx\\ version) echo "buildx v0.12" ;;\nversion\\ *) echo 20.10.
 def cli_docker(fake_docker, probe_status: str) -> str:
     inspect = inspect_answer(HOPPER_LABELS)
     return str(fake_docker(DETECTABLE +
-        f"*probe\\ smoke*) echo '{probe_report('pass')}' ;;\n"
+        f"*probe\\ smoke*|*probe\\ fresh-kernel*) echo '{probe_report('pass')}' ;;\n"
         f"*probe\\ --json*) echo '{probe_report(probe_status)}'; exit {int(probe_status == 'fail')} ;;\n"
         f"image\\ inspect\\ --\\ {IMAGE}) echo '{inspect}' ;;\n"
         "image\\ inspect\\ *) echo '[]'; exit 1 ;;\n"
@@ -304,3 +307,22 @@ def test_cli_gate_image_option_is_never_an_option_to_docker(fake_docker, tmp_pat
     calls = [call.split() for call in fake_docker.log.read_text().splitlines()] if fake_docker.log.exists() else []
     # "--help" reaches docker only after "--" (an operand), never as an option
     assert all(call.index("--help") > call.index("--") for call in calls if "--help" in call and call[:1] != ["build"])
+
+
+def test_gate_fails_without_tags_when_a_fresh_kernel_cannot_compile(fake_docker, hopper, tmp_path):
+    """A runtime that cannot compile a kernel its cache lacks (triton < 3.7 with no C compiler) is not tagged."""
+    failing = json.dumps({"checks": [{"name": "triton.fresh_kernel", "status": "fail",
+                                      "reason": "RuntimeError: Failed to find C compiler"}]})
+    client = DockerClient(str(fake_docker(
+        f"*probe\\ smoke*|*probe\\ --json*) echo '{probe_report('pass')}' ;;\n"
+        f"*probe\\ fresh-kernel*) echo '{failing}'; exit 1 ;;\n"
+        f"image\\ inspect\\ *) echo '{inspect_answer(HOPPER_LABELS)}' ;;")), "classic", "20.10.24")
+    reports = tmp_path / "reports"
+    result = gate_image(client, hopper, IMAGE, release="r1", reports_dir=reports, gpus=False)
+    assert not result.passed
+    assert result.failing == ("fresh-kernel: triton.fresh_kernel: RuntimeError: Failed to find C compiler",)
+    calls = fake_docker.log.read_text().splitlines()
+    assert not [c for c in calls if c.startswith(("tag", "build"))], "no seal, no tag"
+    gate = json.loads((reports / "hopper-cu130" / "gate.json").read_text())
+    assert [s["name"] for s in gate["steps"]] == ["probe", "smoke", "fresh-kernel"]
+    assert (reports / "hopper-cu130" / "fresh-kernel.json").exists()

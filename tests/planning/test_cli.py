@@ -18,7 +18,7 @@ FIXTURE = Path(__file__).parent / "fixtures" / "templates"
 def test_targets_ids_and_formats(run_cli) -> None:
     res = run_cli("targets", "--format", "ids")
     ids = res.out.split()
-    assert res.code == 0 and "hopper-cu130" in ids and "cdna3-rocm6.2" in ids
+    assert res.code == 0 and "hopper-cu130" in ids and "cdna3-rocm7.1" in ids
     assert json.loads(run_cli("targets", "--format", "github").out)["include"]
     assert json.loads(run_cli("targets", "--format", "bake").out)["target"]
     data = json.loads(run_cli("targets", "--format", "json", "--select", "hopper-cu130").out)
@@ -80,7 +80,7 @@ def test_refused_target_exit_3(run_cli) -> None:
         (("explain", "ampere", "cu121", "2.5", "--flavor", "slim"), 3, "refused by rule slim-nvcc"),
         (("explain", "blackwell", "cu121"), 3, "FAIL sm-floor"),
         (("explain", "turing", "cu126", "--dtype", "bf16"), 3, "refused by rule bf16"),
-        (("explain", "hopper", "cu128", "2.7.1"), 0, "-> target hopper-cu128-torch2.7"),
+        (("explain", "hopper", "cu128", "2.10.0"), 0, "-> target hopper-cu128-torch2.10"),
         # fp16 on hopper is allowed but no cell of the matrix: never the bf16 target hopper-cu130
         (("explain", "hopper", "cu130", "--dtype", "fp16"), 0, "(not a cell of the matrix: add it under cells.extra)"),
     ],
@@ -180,7 +180,7 @@ def nox() -> Path:
 def test_nox_lists_one_build_session_per_target(nox: Path) -> None:
     done = subprocess.run([str(nox), "-l"], capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    for name in ("build-ampere-cu121", "build-hopper-cu130", "build-blackwell-cu128", "build-cdna3-rocm6.2",
+    for name in ("build-ampere-cu126", "build-hopper-cu130", "build-blackwell-cu128", "build-cdna3-rocm7.1",
                  "gate-hopper-cu130", "push-hopper-cu130", "build-all", "bootstrap-base", "render", "tests", "lint"):
         assert re.search(rf"^[*-] {re.escape(name)}\b.* -> \S", done.stdout, re.M), name
 

@@ -32,7 +32,7 @@ def test_hopper_cu130_is_exactly_the_ci_target(matrix: Matrix) -> None:
     assert t.labels["io.imagefactory.target"] == "hopper-cu130" and t.is_default
 
 
-@pytest.mark.parametrize("target_id", ["ampere-cu121", "hopper-cu130", "blackwell-cu128", "cdna3-rocm6.2"])
+@pytest.mark.parametrize("target_id", ["ampere-cu126", "hopper-cu130", "blackwell-cu128", "cdna3-rocm7.1"])
 def test_issue_examples_exist(matrix: Matrix, target_id: str) -> None:
     assert resolve_target(matrix, target_id).id == target_id
 
@@ -58,8 +58,8 @@ def test_cuda12_cells_default_to_the_nvidia_flavor(matrix: Matrix) -> None:
 
 
 def test_suffix_ids_and_their_meaning(matrix: Matrix) -> None:
-    t = resolve_target(matrix, "hopper-cu128-torch2.7")
-    assert t.torch.version == "2.7.1" and not t.is_default
+    t = resolve_target(matrix, "hopper-cu128-torch2.10")
+    assert t.torch.version == "2.10.0" and not t.is_default
     t = resolve_target(matrix, "hopper-cu130-nvidia")
     assert t.flavor == "nvidia" and t.nvcc == "base" and t.base.build.startswith("nvidia/cuda:13.0")
 
@@ -116,7 +116,7 @@ def test_refused_target_by_id_names_the_rule(matrix: Matrix) -> None:
 
 def test_compatible_but_undeclared_cell(matrix: Matrix) -> None:
     with pytest.raises(UnknownTargetError, match="compatible, but not a cell"):
-        resolve_target(matrix, "ampere-cu128-torch2.8")
+        resolve_target(matrix, "ampere-cu128-torch2.10")
 
 
 def test_brace_expansion() -> None:

@@ -53,7 +53,7 @@ def test_bake_file_shape(matrix: Matrix) -> None:
         assert re.fullmatch(r"[A-Za-z0-9_-]+", name), name  # buildx rejects other characters
         assert set(body) == {"context", "dockerfile", "args", "tags", "labels", "cache-from", "cache-to", "platforms"}
         assert body["tags"][0].startswith("imagefactory:")
-    assert "cdna3-rocm6_2" in data["target"]
+    assert "cdna3-rocm7_1" in data["target"]
     assert data["target"]["hopper-cu130"]["dockerfile"] == "dockerfiles/hopper-cu130/Dockerfile"
 
 

@@ -26,17 +26,17 @@ def test_fixture_render_matches_golden(matrix: Matrix, update_golden: bool) -> N
 
 
 def test_rendering_is_deterministic(matrix: Matrix) -> None:
-    target = resolve_target(matrix, "cdna3-rocm6.2")
+    target = resolve_target(matrix, "cdna3-rocm7.1")
     first = render.render_target(target, FIXTURE)
     assert first == render.render_target(target, FIXTURE)
-    assert "libbitsandbytes_rocm62.so" in first and "--index-url https://download.pytorch.org/whl/rocm6.2" in first
+    assert "libbitsandbytes_rocm71.so" in first and "--index-url https://download.pytorch.org/whl/rocm7.1" in first
 
 
 def test_write_only_when_changed_and_check(matrix: Matrix, tmp_path: Path) -> None:
-    targets = [resolve_target(matrix, i) for i in ("hopper-cu130", "ampere-cu121")]
+    targets = [resolve_target(matrix, i) for i in ("hopper-cu130", "ampere-cu126")]
     rendered = render.render_all(targets, FIXTURE)
     assert {str(d) for d in render.check(rendered, tmp_path)} == {
-        "dockerfiles/hopper-cu130/Dockerfile: missing", "dockerfiles/ampere-cu121/Dockerfile: missing"}
+        "dockerfiles/hopper-cu130/Dockerfile: missing", "dockerfiles/ampere-cu126/Dockerfile: missing"}
     assert len(render.write(rendered, tmp_path)) == 2
     path = tmp_path / "dockerfiles/hopper-cu130/Dockerfile"
     before = path.stat().st_mtime_ns

@@ -22,8 +22,8 @@ def rules_of(m: Matrix, *args: str | None) -> list[str]:
     ("arch", "toolkit", "torch", "flavor", "refused_by"),
     [
         # SM floors per CUDA version
-        ("ada", "cu118", "2.7.1", "nvidia", None),  # sm_89 needs >= 11.8
-        ("hopper", "cu118", "2.7.1", "nvidia", None),  # sm_90 needs >= 11.8
+        ("ada", "cu118", "2.7.1", "nvidia", None),  # sm_89 needs >= 11.8: passes (python 3.10 base: built without Unsloth)
+        ("hopper", "cu118", "2.7.1", "nvidia", None),  # sm_90 needs >= 11.8: passes
         ("blackwell", "cu126", "2.11.0", "nvidia", "sm-floor"),  # sm_100/120 need >= 12.8
         ("blackwell", "cu128", "2.11.0", "nvidia", None),
         ("volta", "cu130", "2.14.1", "slim", "sm-dropped"),  # CUDA 13 drops < 7.5
@@ -33,12 +33,13 @@ def rules_of(m: Matrix, *args: str | None) -> list[str]:
         ("hopper", "cu121", "2.6.0", "nvidia", "torch-toolkit"),  # 2.6 dropped 12.1
         # slim cannot compile bitsandbytes on CUDA 12.x
         ("ampere", "cu121", "2.5.1", "slim", "slim-nvcc"),
-        ("ampere", "cu121", "2.5.1", "nvidia", None),
+        ("ampere", "cu121", "2.5.1", "nvidia", None),  # compiles (Unsloth's pins need torch >= 2.10: a note, no refusal)
         ("hopper", "cu130", "2.14.1", "slim", None),  # CUDA 13: nvcc from PyPI
         # ROCm arch x ROCm version
         ("cdna4", "rocm6.4", "2.9.1", "rocm", "rocm-arch"),
         ("cdna4", "rocm7.0", "2.10.0", "rocm", None),
         ("cdna3", "rocm6.2", "2.5.1", "rocm", None),
+        ("cdna3", "rocm7.1", "2.11.0", "rocm", None),
         # vendor and flavor
         ("hopper", "rocm6.2", "2.5.1", "rocm", "vendor"),
         ("cdna3", "rocm6.2", "2.5.1", "slim", "flavor-vendor"),
@@ -70,7 +71,7 @@ def test_torch_triton_pairing(matrix: Matrix) -> None:
 def test_python_and_payload_rules(matrix: Matrix) -> None:
     # cu124's nvidia base ships python 3.10: the current payload (trl 1.15 needs 3.11) does not
     # apply there, the legacy one does.
-    assert rules_of(matrix, "hopper", "cu124", "2.6.0", "nvidia") == []
+    assert rules_of(matrix, "hopper", "cu124", "2.6.0", "nvidia") == []  # payload legacy (and no Unsloth: a note)
     old = dataclasses.replace(matrix.torches["2.4.1"], version="2.3.1", pythons=("3.10",))
     c = Candidate(matrix.arches["hopper"], matrix.toolkits["cu121"], old, matrix.flavors["nvidia"], None)
     assert "bitsandbytes-torch" in [r.rule for r in check(matrix, c)]
