@@ -82,6 +82,7 @@ def build_stub(root: Path) -> Path:
     stub_dir = stub_dir_for(root)
     stub = stub_dir / "libcuda.so.1"
     if stub.exists():
+        _link_unversioned(stub_dir)
         return stub_dir
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
@@ -95,7 +96,17 @@ def build_stub(root: Path) -> Path:
         subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(built), str(src)],
                        check=True, capture_output=True)
         shutil.move(str(built), stub)  # whole file or nothing
+    _link_unversioned(stub_dir)
     return stub_dir
+
+
+def _link_unversioned(stub_dir: Path) -> None:
+    """`libcuda.so` -> `libcuda.so.1`: triton <= 3.5 links its host modules with `-lcuda`, which the linker
+    resolves by the unversioned name only (`ld: cannot find -lcuda` without it); the modules still record
+    the soname, NEEDED libcuda.so.1, so the real driver is the one loaded on a GPU."""
+    link = stub_dir / "libcuda.so"
+    if not link.is_symlink():
+        link.symlink_to("libcuda.so.1")  # relative: the cache is copied (replays, COPY --from=warm)
 
 
 @contextlib.contextmanager
