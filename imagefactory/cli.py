@@ -78,7 +78,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
             table.add_column(col, no_wrap=col == "target", overflow="fold")
         for t in targets:
             table.add_row(*map(escape, (t.id, t.torch.version, t.triton_version, t.python, t.flavor,
-                                        ",".join(t.sms or t.gfx), f"{t.bitsandbytes.version} {t.bitsandbytes.mode}",
+                                        ",".join(t.sms or t.gfx), f"{t.bitsandbytes.version} {t.bnb_mode}",
                                         t.payload_name)))
         _console().print(table)
     return 0
@@ -133,7 +133,7 @@ def show_table(t: Target) -> Table:
         ("base (runtime)", t.base.runtime, p["base"]),
         ("python", t.python, p["python"]),
         ("nvcc", t.nvcc + (f" ({', '.join(t.nvcc_packages)})" if t.nvcc_packages else ""), p["nvcc"]),
-        ("bitsandbytes", f"{t.bitsandbytes.version} mode {t.bitsandbytes.mode} (git {t.bitsandbytes.git_url} "
+        ("bitsandbytes", f"{t.bitsandbytes.version} {t.bnb_mode} (matrix: mode {t.bitsandbytes.mode}; git {t.bitsandbytes.git_url} "
                          f"@ {t.bitsandbytes.git_ref}; fallback {t.bitsandbytes.fallback or 'none'})",
          p["bitsandbytes"]),
         ("payload", f"{t.payload_name}: {', '.join(t.payload_requirements)}", p["payload"]),

@@ -10,7 +10,9 @@ Inputs: the GPU's compute capability and the driver version (from nvidia-smi, or
 
 Rules, in order: the image must hold native code for the GPU's SM (bitsandbytes and the warm Triton
 cache are built per SM, SASS only); the driver must meet the image's CUDA floor; among those left,
-the newest torch wins, then a CUDA the driver supports natively, then the newest CUDA.
+a gated target wins (a tags file's `gated`: built here and its gate passed, docs/gated.json), then
+the newest torch, then a CUDA the driver supports natively, then the newest CUDA. The reason says
+when the chosen image was not gated (or when the input does not say).
 
 Exit codes: 0 a tag was chosen, 1 refused (nothing fits), 2 bad input.
 """
@@ -69,7 +71,7 @@ DRIVER_NATIVE_CUDA: tuple[tuple[int, str], ...] = (
 # `-<flavor>`, `-<dtype>`.
 TARGET_ID = re.compile(r"^(?P<arch>[a-z][a-z0-9]*)-(?P<toolkit>cu\d{3}|rocm\d+(?:\.\d+)*)"
                        r"(?:-torch\d+\.\d+)?(?:-(?:slim|nvidia|rocm))?(?:-(?:bf16|fp16))?$")
-IMMUTABLE_TAG = re.compile(r"^(?P<id>.+)-torch(?P<torch>\d+(?:\.\d+)+)-(?P<release>[A-Za-z0-9._]+)$")
+IMMUTABLE_TAG = re.compile(r"^(?P<id>.+)-torch(?P<torch>\d+\.\d+\.\d+)-(?P<release>[A-Za-z0-9._]+)$")  # full torch version: an id's own -torch2.7 is a minor
 FLOATING_SUFFIX = "-latest"
 
 
@@ -127,6 +129,7 @@ class Candidate:
     torch: str | None
     floating_tags: tuple[str, ...] = ()
     immutable_tags: tuple[str, ...] = ()
+    gated: str | None = None  # where its gate passed ("CPU gate, x86_64 build host, 2026-12-01"); "" not gated; None unknown
 
     @property
     def best_tag(self) -> str:
@@ -211,6 +214,7 @@ def candidates_from_json(data: object, source: str) -> list[Candidate]:
         cuda = str(_pick(entry, "toolkit.version", "cuda", "toolkit_version") or "") if kind == "cuda" else None
         floor = _pick(entry, "toolkit.driver_floor", "driver_floor", "min_driver")
         tags = [str(tag) for tag in (_pick(entry, "tags") or ())]
+        gated = _gated(entry, source, index) if "gated" in entry else None
         result.append(
             Candidate(
                 target_id=str(target_id),
@@ -221,9 +225,21 @@ def candidates_from_json(data: object, source: str) -> list[Candidate]:
                 torch=_pick(entry, "torch.version", "torch"),
                 floating_tags=tuple(tag for tag in tags if not is_immutable(tag)),
                 immutable_tags=tuple(tag for tag in tags if is_immutable(tag)),
+                gated=gated,
             )
         )
     return result
+
+
+def _gated(entry: dict, source: str, index: int) -> str:
+    """`gated` of a supported-tags entry: null (not gated) or {mode, where, date}, as one line."""
+    value = entry["gated"]
+    if value is None:
+        return ""
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in ("mode", "where", "date")):
+        raise SelectError(f"{source}: target #{index}: 'gated' must be null or {{mode, where, date}}")
+    text = f"{value['mode'].upper()} gate, {value['where']}, {value['date']}"
+    return re.sub(r"[^\w ,.:;()/+=-]", "?", text)[:160]  # printed to a terminal: no control characters
 
 
 def choose(candidates: list[Candidate], sm: str, driver: str) -> Choice | Refusal:
@@ -246,13 +262,19 @@ def choose(candidates: list[Candidate], sm: str, driver: str) -> Choice | Refusa
 
     def rank(c: Candidate) -> tuple:
         is_native = bool(native and c.cuda and version_key(c.cuda) <= version_key(native))
-        return (version_key(c.torch or "0"), is_native, version_key(c.cuda or "0"), -len(c.target_id))
+        return (bool(c.gated), version_key(c.torch or "0"), is_native, version_key(c.cuda or "0"), -len(c.target_id))
 
     best = max(fits, key=rank)
     parts = [f"arch match: SM {sm} is in {best.target_id}'s SMs ({', '.join(best.sms)})"]
     parts.append(f"driver floor: {driver} ≥ {best.driver_floor} for CUDA {best.cuda}" + (f" (driver runs up to CUDA {native})" if native else ""))
     others = [c.target_id for c in fits if c is not best]
     parts.append(f"newest torch: {best.torch or 'unknown'}" + (f" (also fits: {', '.join(others)})" if others else ""))
+    if best.gated:
+        parts.append(f"gated: {best.gated}")
+    elif best.gated == "":
+        parts.append("NOT GATED: no record that this target was built and passed its gate (docs/gated.json)")
+    else:
+        parts.append("gating unknown: the tag list does not say whether this image was gated")
     return Choice(best, "; ".join(parts))
 
 

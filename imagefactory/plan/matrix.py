@@ -324,17 +324,18 @@ def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:  # noqa: C901 - on
         if name not in FLAVORS:
             doc.problem(p, f"unknown flavor {name!r}{did_you_mean(name, FLAVORS)} (flavors: {', '.join(FLAVORS)})")
             continue
-        m = r.mapping(body, p, {"vendor": True, "base": False, "description": False})
+        m = r.mapping(body, p, {"vendor": True, "base": False, "torch": False, "description": False})
         if m is None:
             continue
         vendor = r.choice(m.get("vendor"), p + ("vendor",), ("nvidia", "amd")) if "vendor" in m else None
         base = _base_images(r, m["base"], p + ("base",)) if "base" in m else None
         desc = r.string(m.get("description", ""), p + ("description",))
+        torch_from = r.choice(m["torch"], p + ("torch",), ("pypi", "any")) if "torch" in m else "any"
         if name == "slim" and "base" not in m:
             doc.problem(p, "the slim flavor needs 'base' (its OS images)")
-        if vendor is None or desc is None:
+        if vendor is None or desc is None or torch_from is None:
             continue
-        flavors[name] = Flavor(name, vendor, base, desc)  # type: ignore[arg-type]
+        flavors[name] = Flavor(name, vendor, base, desc, pypi_torch_only=torch_from == "pypi")  # type: ignore[arg-type]
 
     # toolkits
     toolkits: dict[str, Toolkit] = {}

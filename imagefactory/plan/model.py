@@ -28,6 +28,13 @@ ARCH_NAME_PATTERN = r"[a-z][a-z0-9]*"
 TOOLKIT_ID_PATTERN = r"cu\d{3}|rocm\d+\.\d+"
 
 
+def bnb_library_name(toolkit: Toolkit) -> str:
+    """The native library bitsandbytes loads for a toolkit (it picks it by torch's CUDA/HIP version):
+    libbitsandbytes_cuda121.so, libbitsandbytes_rocm64.so."""
+    prefix = "cuda" if toolkit.kind == "cuda" else "rocm"
+    return f"libbitsandbytes_{prefix}{toolkit.version.replace('.', '')}.so"
+
+
 def minor_of(version: str) -> str:
     """`2.14.1` -> `2.14` (target ids and the torch/triton pairing use the minor release)."""
     v = Version(version)
@@ -92,6 +99,7 @@ class Flavor:
     vendor: Vendor
     base: BaseImages | None  # slim: the local bootstrapped OS base; vendor flavors: per toolkit
     description: str
+    pypi_torch_only: bool = False  # only the plain PyPI torch (its own CUDA): never torch_index_url
 
 
 @dataclass(frozen=True)
@@ -196,6 +204,7 @@ class Target:
     nvcc: NvccOrigin
     nvcc_packages: tuple[str, ...]
     bitsandbytes: Bitsandbytes
+    bnb_mode: BnbMode  # what the build does: "source" (compile for the SMs) or "wheel" (no compiler: the PyPI wheel)
     payload_name: str
     payload_requirements: tuple[str, ...]
     optional_requirements: tuple[str, ...]

@@ -127,10 +127,19 @@ def flavor_vendor(m: Matrix, c: Candidate) -> Refusal | None:
 
 def slim_nvcc(m: Matrix, c: Candidate) -> Refusal | None:
     src = c.toolkit.nvcc.get(c.flavor.name)
-    if src is not None and src.origin == "none" and m.bitsandbytes.mode == "source":
+    bnb = m.bitsandbytes
+    if src is not None and src.origin == "none" and bnb.mode == "source" and bnb.fallback != "wheel":
         return Refusal("slim-nvcc", f"bitsandbytes mode source needs a CUDA compiler, and the {c.flavor.name} flavor "
-                                    f"has none for CUDA {c.toolkit.version} (no nvcc on PyPI for 12.x): "
-                                    f"use the nvidia flavor")
+                                    f"has none for CUDA {c.toolkit.version} (no nvcc on PyPI for 12.x) and no wheel "
+                                    f"fallback is declared: use the nvidia flavor")
+    return None
+
+
+def flavor_torch(m: Matrix, c: Candidate) -> Refusal | None:
+    if c.flavor.pypi_torch_only and c.torch.pypi_toolkit != c.toolkit.id:
+        pypi = f"its PyPI build is {c.torch.pypi_toolkit}" if c.torch.pypi_toolkit else "it has no PyPI build"
+        return Refusal("flavor-torch", f"the {c.flavor.name} flavor installs torch from PyPI only; torch "
+                                       f"{c.torch.version} for {c.toolkit.id} comes from torch_index_url ({pypi})")
     return None
 
 
@@ -175,7 +184,8 @@ RULES: tuple[tuple[str, Callable[[Matrix, Candidate], Refusal | None], str], ...
     ("torch-toolkit", torch_toolkit, "PyTorch publishes the torch release for the toolkit"),
     ("torch-triton", torch_triton, "the torch's triton matches triton_pairing"),
     ("flavor-vendor", flavor_vendor, "the flavor serves the arch's vendor and the toolkit declares it"),
-    ("slim-nvcc", slim_nvcc, "bitsandbytes from source needs a compiler in the flavor"),
+    ("slim-nvcc", slim_nvcc, "bitsandbytes from source needs a compiler in the flavor (or a wheel fallback)"),
+    ("flavor-torch", flavor_torch, "a flavor with torch: pypi takes only the torch whose PyPI build is the toolkit"),
     ("python", python_supported, "the flavor's python has a torch wheel"),
     ("bitsandbytes-torch", bitsandbytes_torch, "bitsandbytes accepts the torch version"),
     ("payload", payload, "a payload accepts the torch and python"),

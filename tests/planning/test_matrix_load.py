@@ -72,26 +72,31 @@ def test_unknown_toolkit_reference(parse, matrix_text: str) -> None:
 
 
 def test_unknown_arch_in_cells(parse, matrix_text: str) -> None:
-    text = matrix_text.replace("- {arch: hopper, toolkit: cu130, flavor: nvidia}", "- {arch: hoper, toolkit: cu130}")
+    text = matrix_text.replace('- {arch: hopper, toolkit: cu128, torch: "2.7.1"}', "- {arch: hoper, toolkit: cu130}")
     problems = _problems(parse, text)
     assert any("cells.extra[0].arch: unknown arch 'hoper' (did you mean 'hopper'?)" in p for p in problems)
 
 
 def test_duplicate_target_id(parse, matrix_text: str) -> None:
-    text = matrix_text.replace("    - {arch: hopper, toolkit: cu130, flavor: nvidia}",
-                               "    - {arch: hopper, toolkit: cu130, flavor: nvidia}\n"
-                               "    - {arch: hopper, toolkit: cu130, flavor: nvidia}")
+    text = matrix_text.replace('    - {arch: hopper, toolkit: cu128, torch: "2.7.1"}',
+                               '    - {arch: hopper, toolkit: cu128, torch: "2.7.1"}\n'
+                               '    - {arch: hopper, toolkit: cu128, torch: "2.7.1"}')
     problems = _problems(parse, text)
-    assert any("cells.extra[1]: duplicate target id 'hopper-cu130-nvidia'" in p for p in problems), problems
+    assert any("cells.extra[1]: duplicate target id 'hopper-cu128-torch2.7-nvidia'" in p for p in problems), problems
+
+
+def test_extra_cell_equal_to_an_expanded_flavor_is_a_duplicate(parse, matrix_text: str) -> None:
+    text = matrix_text.replace('- {arch: hopper, toolkit: cu128, torch: "2.7.1"}', "- {arch: hopper, toolkit: cu130, flavor: nvidia}")
+    assert any("duplicate target id 'hopper-cu130-nvidia'" in p for p in _problems(parse, text))
 
 
 def test_extra_cell_equal_to_a_default_is_a_duplicate(parse, matrix_text: str) -> None:
-    text = matrix_text.replace("- {arch: hopper, toolkit: cu130, flavor: nvidia}", "- {arch: hopper, toolkit: cu130}")
+    text = matrix_text.replace('- {arch: hopper, toolkit: cu128, torch: "2.7.1"}', "- {arch: hopper, toolkit: cu130}")
     assert any("duplicate target id 'hopper-cu130'" in p for p in _problems(parse, text))
 
 
 def test_refused_extra_cell_names_the_rule(parse, matrix_text: str) -> None:
-    text = matrix_text.replace("- {arch: hopper, toolkit: cu130, flavor: nvidia}", "- {arch: volta, toolkit: cu130}")
+    text = matrix_text.replace('- {arch: hopper, toolkit: cu128, torch: "2.7.1"}', "- {arch: volta, toolkit: cu130}")
     problems = _problems(parse, text)
     assert any("cells.extra[0]: refused by rule sm-dropped" in p for p in problems), problems
 
