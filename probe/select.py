@@ -8,7 +8,8 @@ Inputs: the GPU's compute capability and the driver version (from nvidia-smi, or
 (`GET /v2/<name>/tags/list`) or a `--tags-file` (docs/supported-tags.json, or the output of
 `python -m imagefactory targets --format json`).
 
-Rules, in order: the image must hold native code for the GPU's SM (bitsandbytes and the warm Triton
+Rules, in order: the image must be built for the machine's CPU platform (a tags file's `platforms`;
+`--platform`, default this machine's: Lambda's GH200 is linux/arm64); it must hold native code for the GPU's SM (bitsandbytes and the warm Triton
 cache are built per SM, SASS only); the driver must meet the image's CUDA floor; among those left,
 a gated target wins (a tags file's `gated`: built here and its gate passed, docs/gated.json), then
 the newest torch, then a CUDA the driver supports natively, then the newest CUDA. The reason says
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import subprocess
 import sys
@@ -130,6 +132,7 @@ class Candidate:
     floating_tags: tuple[str, ...] = ()
     immutable_tags: tuple[str, ...] = ()
     gated: str | None = None  # where its gate passed ("CPU gate, x86_64 build host, 2026-12-01"); "" not gated; None unknown
+    platforms: tuple[str, ...] | None = None  # "linux/arm64", ...; None: not stated (a bare tag list)
 
     @property
     def best_tag(self) -> str:
@@ -215,6 +218,7 @@ def candidates_from_json(data: object, source: str) -> list[Candidate]:
         floor = _pick(entry, "toolkit.driver_floor", "driver_floor", "min_driver")
         tags = [str(tag) for tag in (_pick(entry, "tags") or ())]
         gated = _gated(entry, source, index) if "gated" in entry else None
+        platforms = _pick(entry, "platforms")
         result.append(
             Candidate(
                 target_id=str(target_id),
@@ -226,6 +230,7 @@ def candidates_from_json(data: object, source: str) -> list[Candidate]:
                 floating_tags=tuple(tag for tag in tags if not is_immutable(tag)),
                 immutable_tags=tuple(tag for tag in tags if is_immutable(tag)),
                 gated=gated,
+                platforms=tuple(str(p) for p in platforms) if isinstance(platforms, list) else None,
             )
         )
     return result
@@ -242,14 +247,25 @@ def _gated(entry: dict, source: str, index: int) -> str:
     return re.sub(r"[^\w ,.:;()/+=-]", "?", text)[:160]  # printed to a terminal: no control characters
 
 
-def choose(candidates: list[Candidate], sm: str, driver: str) -> Choice | Refusal:
-    """The whole decision, pure: (GPU SM, driver version) → the candidate to pull, or why none fits."""
+def host_platform() -> str:
+    """This machine's OCI platform: linux/arm64 on Grace (GH200, GB200), linux/amd64 on x86."""
+    machine = platform.machine().lower()
+    return "linux/arm64" if machine in ("aarch64", "arm64") else "linux/amd64" if machine in ("x86_64", "amd64") else f"linux/{machine}"
+
+
+def choose(candidates: list[Candidate], sm: str, driver: str, platform_: str = "linux/amd64") -> Choice | Refusal:
+    """The whole decision, pure: (GPU SM, driver version, CPU platform) → the candidate to pull, or why none fits."""
     if not candidates:
         return Refusal("no images to choose from (empty tag list)")
+    on_platform = [c for c in candidates if c.platforms is None or platform_ in c.platforms]
+    if not on_platform:
+        return Refusal(f"no image is built for {platform_} (the images are for "
+                       f"{', '.join(sorted({p for c in candidates for p in c.platforms or ()}))})")
+    candidates = on_platform
     for_arch = [c for c in candidates if c.vendor == "nvidia" and sm in c.sms]
     if not for_arch:
         built = sorted({s for c in candidates for s in c.sms}, key=version_key)
-        return Refusal(f"no image holds native code for SM {sm} (images exist for SM {', '.join(built) or 'none'})")
+        return Refusal(f"no image holds native code for SM {sm} on {platform_} (images exist for SM {', '.join(built) or 'none'})")
     branch = version_key(driver)[0]
     fits = [c for c in for_arch if c.driver_floor is None or branch >= c.driver_floor]
     if not fits:
@@ -266,6 +282,8 @@ def choose(candidates: list[Candidate], sm: str, driver: str) -> Choice | Refusa
 
     best = max(fits, key=rank)
     parts = [f"arch match: SM {sm} is in {best.target_id}'s SMs ({', '.join(best.sms)})"]
+    if best.platforms is not None:
+        parts.append(f"platform: {platform_}")
     parts.append(f"driver floor: {driver} ≥ {best.driver_floor} for CUDA {best.cuda}" + (f" (driver runs up to CUDA {native})" if native else ""))
     others = [c.target_id for c in fits if c is not best]
     parts.append(f"newest torch: {best.torch or 'unknown'}" + (f" (also fits: {', '.join(others)})" if others else ""))
@@ -335,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tags-file", type=Path, help="docs/supported-tags.json or `imagefactory targets --format json` output")
     parser.add_argument("--gpu-sm", help="compute capability, e.g. 9.0 (default: from nvidia-smi)")
     parser.add_argument("--driver", help="driver version, e.g. 570.86 (default: from nvidia-smi)")
+    parser.add_argument("--platform", choices=("linux/amd64", "linux/arm64"),
+                        help="CPU platform (default: this machine's; Lambda GH200 is linux/arm64)")
     parser.add_argument("--json", action="store_true", help="print the decision as JSON")
     parser.add_argument("--quiet", action="store_true", help="print only the image reference")
     args = parser.parse_args(argv)
@@ -357,10 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     except SelectError as error:
         print(f"probe select: error: {error}", file=sys.stderr)
         return 2
-    decision = choose(candidates, sm, driver)
+    decision = choose(candidates, sm, driver, args.platform or host_platform())
     repo = (args.repo.rstrip("/") + ":") if args.repo else ""
     if args.json:
-        body = {"sm": sm, "driver": driver, "reason": decision.reason}
+        body = {"sm": sm, "driver": driver, "platform": args.platform or host_platform(), "reason": decision.reason}
         if isinstance(decision, Choice):
             body.update(image=repo + decision.candidate.best_tag, target=decision.candidate.target_id)
         print(json.dumps(body, indent=2))

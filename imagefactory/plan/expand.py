@@ -18,7 +18,7 @@ from packaging.version import Version
 from imagefactory.errors import ConfigError, RefusedTargetError, UnknownTargetError, near_misses
 from imagefactory.plan.model import (ARCH_NAME_PATTERN, FLAVORS, TOOLKIT_ID_PATTERN, TRAIN_DTYPES, CellSpec, Matrix, ResolvedTorch,
                     Target, TorchBuild, TrainDtype, bnb_library_name)
-from imagefactory.plan.rules import Candidate, Refusal, base_images, check, payload_for, vendor_mismatch
+from imagefactory.plan.rules import Candidate, Refusal, base_images, check, payload_for, platforms_of, vendor_mismatch
 
 ID_RE = re.compile(f"^(?P<arch>{ARCH_NAME_PATTERN})-(?P<toolkit>{TOOLKIT_ID_PATTERN})"
                    rf"(?:-torch(?P<torch>\d+\.\d+))?(?:-(?P<flavor>{'|'.join(FLAVORS)}))?"
@@ -108,6 +108,7 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
     nvcc = tk.nvcc[flavor.name]
     index_url = None if torch.pypi_toolkit == tk.id else matrix.torch_index_url.format(toolkit=tk.id)
     dtype = cand.dtype or natural_dtype(cand)
+    platforms = platforms_of(matrix, cand)
     warm = matrix.warm_triton_cache and tk.kind == "cuda"
     sm_codes = tuple(sm.replace(".", "") for sm in arch.sms)
     bnb = matrix.bitsandbytes
@@ -127,6 +128,7 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         "io.imagefactory.bitsandbytes": bnb.version,
         # the one native library kept (compiled for the SMs, or the wheel's where the flavor has no compiler)
         "io.imagefactory.bitsandbytes-library": bnb_library_name(tk),
+        "io.imagefactory.platforms": ",".join(platforms),
     }
     if tk.driver_floor:
         labels["io.imagefactory.driver-floor"] = tk.driver_floor
@@ -200,6 +202,7 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         labels=labels,
         expect_env=expect,
         is_default=is_default,
+        platforms=platforms,
         provenance=provenance,
     )
 

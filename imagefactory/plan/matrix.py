@@ -20,6 +20,7 @@ from imagefactory.plan.expand import expand
 from imagefactory.plan.model import (
     ARCH_NAME_PATTERN,
     FLAVORS,
+    PLATFORMS,
     TOOLKIT_ID_PATTERN,
     TRAIN_DTYPES,
     ArchFamily,
@@ -290,7 +291,7 @@ def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:  # noqa: C901 - on
             doc.problem(p, f"arch names are lowercase letters and digits (no '-'), got {name!r}")
             continue
         m = r.mapping(body, p, {"vendor": True, "sms": False, "gfx": False, "capabilities": False,
-                               "min_rocm": False, "description": False})
+                               "min_rocm": False, "platforms": False, "description": False})
         if m is None:
             continue
         vendor = r.choice(m.get("vendor"), p + ("vendor",), ("nvidia", "amd")) if "vendor" in m else None
@@ -301,15 +302,16 @@ def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:  # noqa: C901 - on
                           lambda v, q: r.choice(v, q, CAPABILITIES)) if "capabilities" in m else ()
         min_rocm = r.version(m["min_rocm"], p + ("min_rocm",), major_minor=True) if "min_rocm" in m else None
         desc = r.string(m.get("description", ""), p + ("description",))
+        platforms = _platforms(r, m, p)
         if vendor == "nvidia" and sms is not None and (not sms or gfx):
             doc.problem(p, "an nvidia arch needs a non-empty 'sms' list and no 'gfx'")
             continue
         if vendor == "amd" and gfx is not None and (not gfx or sms or min_rocm is None):
             doc.problem(p, "an amd arch needs a non-empty 'gfx' list, 'min_rocm' and no 'sms'")
             continue
-        if None in (vendor, sms, gfx, caps, desc) or ("min_rocm" in m and min_rocm is None):
+        if None in (vendor, sms, gfx, caps, desc, platforms) or ("min_rocm" in m and min_rocm is None):
             continue
-        arches[name] = ArchFamily(name, vendor, sms, gfx, frozenset(caps), min_rocm, desc)  # type: ignore[arg-type]
+        arches[name] = ArchFamily(name, vendor, sms, gfx, frozenset(caps), min_rocm, desc, platforms)  # type: ignore[arg-type]
 
     sm_min_cuda: dict[str, str] = {}
     for sm, cuda in (r.table(top.get("sm_min_cuda"), ("sm_min_cuda",), non_empty=False) or {}).items():
@@ -396,7 +398,8 @@ def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:  # noqa: C901 - on
         p = ("torch", version)
         if r.version(version, p) is None:
             continue
-        m = r.mapping(body, p, {"triton": True, "python": True, "toolkits": True, "pypi_toolkit": False})
+        m = r.mapping(body, p, {"triton": True, "python": True, "toolkits": True, "pypi_toolkit": False,
+                               "pypi_platforms": False})
         if m is None:
             continue
         triton = r.version(m.get("triton"), p + ("triton",)) if "triton" in m else None
@@ -416,9 +419,10 @@ def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:  # noqa: C901 - on
                            f"target ids use the minor)")
             continue
         minors[minor] = version
-        if None in (triton, pythons, tks):
+        pypi_platforms = _platforms(r, m, p, key="pypi_platforms")
+        if None in (triton, pythons, tks, pypi_platforms):
             continue
-        torches[version] = TorchBuild(version, triton, pythons, tks, pypi)  # type: ignore[arg-type]
+        torches[version] = TorchBuild(version, triton, pythons, tks, pypi, pypi_platforms)  # type: ignore[arg-type]
 
     triton_pairing: dict[str, str] = {}
     for tminor, trminor in (r.table(top.get("triton_pairing"), ("triton_pairing",), non_empty=False) or {}).items():
@@ -479,6 +483,17 @@ def _build(raw: Any, doc: _Doc, path: Path) -> Matrix | None:  # noqa: C901 - on
         extra_cells=extra,
         lines=dict(doc.lines),
     )
+
+
+def _platforms(r: _Reader, m: dict[str, Any], path: Path_, key: str = "platforms") -> tuple[str, ...] | None:
+    """An optional non-empty list of OCI platforms (default: linux/amd64 alone)."""
+    if key not in m:
+        return ("linux/amd64",)
+    found = r.str_list(m[key], path + (key,), lambda v, q: r.choice(v, q, PLATFORMS))
+    if found is not None and not found:
+        r.doc.problem(path + (key,), "is empty")
+        return None
+    return found
 
 
 def _base_images(r: _Reader, value: Any, path: Path_) -> BaseImages | None:

@@ -20,6 +20,7 @@ BnbMode = Literal["source", "wheel"]
 TrainDtype = Literal["bf16", "fp16"]
 
 FLAVORS: tuple[str, ...] = ("slim", "nvidia", "rocm")
+PLATFORMS: tuple[str, ...] = ("linux/amd64", "linux/arm64")  # OCI platforms an image may be built for
 TRAIN_DTYPES: tuple[str, ...] = get_args(TrainDtype)
 
 # The parts of a target id, as matrix.yaml's names must be spelled: the loader validates names with
@@ -50,6 +51,7 @@ class ArchFamily:
     capabilities: frozenset[str]  # "bf16", "fp8", "fa2", "fa3": read by rules
     min_rocm: str | None  # AMD only: the oldest ROCm that supports every gfx target
     description: str
+    platforms: tuple[str, ...] = ("linux/amd64",)  # CPU platforms its machines come with (GH200: linux/arm64)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class TorchBuild:
     pythons: tuple[str, ...]
     toolkits: tuple[str, ...]  # toolkit ids PyTorch publishes this release for
     pypi_toolkit: str | None  # the one toolkit whose build is the plain PyPI wheel
+    pypi_platforms: tuple[str, ...] = ("linux/amd64",)  # platforms whose PyPI wheel is that CUDA build
 
     @property
     def minor(self) -> str:
@@ -215,6 +218,7 @@ class Target:
     labels: Mapping[str, str]
     expect_env: Mapping[str, str]
     is_default: bool  # the arch x toolkit cell's default torch and flavor
+    platforms: tuple[str, ...]  # OCI platforms this target's image serves ("linux/amd64", "linux/arm64")
     provenance: Mapping[str, str] = field(repr=False, compare=False)
 
     @property

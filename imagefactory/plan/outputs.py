@@ -82,6 +82,6 @@ def bake_file(targets: Iterable[Target], *, cache_dir: str = ".cache/buildx") ->
             "labels": dict(t.labels),
             "cache-from": [f"type=local,src={cache_dir}/{t.id}"],
             "cache-to": [f"type=local,dest={cache_dir}/{t.id},mode=max"],
-            "platforms": ["linux/amd64"],
+            "platforms": list(t.platforms),
         }
     return dumps({"group": {"default": {"targets": names}}, "target": bake_targets})

@@ -55,6 +55,15 @@ def payload_for(matrix: Matrix, torch: str, python: str) -> Payload | None:
     return None
 
 
+def platforms_of(m: Matrix, c: Candidate) -> tuple[str, ...]:
+    """The OCI platforms a candidate's image serves: its arch's machines (GH200, GB200: arm64 too) that its
+    torch build exists for. arm64 only from PyPI (torch.pypi_platforms: the aarch64 wheel is the same CUDA
+    build from torch 2.11 on); torch_index_url's aarch64 sets are not sourced here: amd64 only."""
+    from_pypi = c.torch.pypi_toolkit == c.toolkit.id
+    torch_platforms = c.torch.pypi_platforms if from_pypi else ("linux/amd64",)
+    return tuple(p for p in c.arch.platforms if p in torch_platforms)
+
+
 def vendor_mismatch(arch: ArchFamily, toolkit: Toolkit) -> Refusal | None:
     """Rule vendor on its own: expansion uses it to skip arch x toolkit pairs before any torch is picked."""
     wanted = "nvidia" if toolkit.kind == "cuda" else "amd"
@@ -169,6 +178,13 @@ def payload(m: Matrix, c: Candidate) -> Refusal | None:
     return None
 
 
+def platform(m: Matrix, c: Candidate) -> Refusal | None:
+    if not platforms_of(m, c):
+        return Refusal("platform", f"{c.arch.name} machines are {', '.join(c.arch.platforms)}; torch {c.torch.version} "
+                                   f"for {c.toolkit.id} has no build for them")
+    return None
+
+
 def bf16(m: Matrix, c: Candidate) -> Refusal | None:
     if c.dtype == "bf16" and "bf16" not in c.arch.capabilities:
         return Refusal("bf16", f"{c.arch.name} has no bf16 (needs SM >= 8.0); use dtype fp16")
@@ -189,6 +205,7 @@ RULES: tuple[tuple[str, Callable[[Matrix, Candidate], Refusal | None], str], ...
     ("python", python_supported, "the flavor's python has a torch wheel"),
     ("bitsandbytes-torch", bitsandbytes_torch, "bitsandbytes accepts the torch version"),
     ("payload", payload, "a payload accepts the torch and python"),
+    ("platform", platform, "the torch build exists for a CPU platform of the arch's machines"),
     ("bf16", bf16, "bf16 settings only on SMs with bf16"),
 )
 RULE_NAMES = tuple(name for name, _, _ in RULES)

@@ -53,6 +53,7 @@ class SupportedTag:
     driver_floor: str | None
     description: str
     gated: GatedBuild | None = None  # docs/gated.json's record of a passing gate of this target at this torch
+    platforms: tuple[str, ...] = ("linux/amd64",)
 
     @classmethod
     def of(cls, target: Target, gated: GatedBuild | None = None) -> SupportedTag:
@@ -73,6 +74,7 @@ class SupportedTag:
             driver_floor=target.toolkit.driver_floor,
             description=target.arch.description,
             gated=gated if gated is not None and gated.torch == target.torch.version else None,
+            platforms=tuple(target.platforms),
         )
 
 
@@ -96,9 +98,11 @@ def supported_tags_markdown(rows: Sequence[SupportedTag], repo: str) -> str:
         "",
         "**Gated** says where this project built the target and its gate (probe + smoke training in the image)",
         "passed, from [gated.json](gated.json); the other targets render and lint but were not built here.",
+        "**Platforms**: arm64 where the arch's machines are Grace (GH200, GB200) and PyPI's aarch64 torch is",
+        "the same CUDA build (torch ≥ 2.11); arm64 images were not built here yet.",
         "",
-        "| target | floating tags | immutable tag | GPUs (SM / gfx) | toolkit | torch | python | flavor | min driver | gated |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| target | floating tags | immutable tag | GPUs (SM / gfx) | toolkit | torch | python | flavor | min driver | platforms | gated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         floating = "<br>".join(f"`{tag}`" for tag in row.floating)
@@ -107,6 +111,7 @@ def supported_tags_markdown(rows: Sequence[SupportedTag], repo: str) -> str:
         lines.append(
             f"| **{row.target_id}** | {floating} | `{row.immutable_pattern}` | {gpus} ({row.description}) | "
             f"{row.toolkit} | {row.torch} | {row.python} | {row.flavor} | {floor} | "
+            f"{', '.join(p.removeprefix('linux/') for p in row.platforms)} | "
             f"{row.gated.summary() if row.gated else 'not built here'} |"
         )
     lines += [
@@ -133,6 +138,7 @@ def supported_tags_json(rows: Sequence[SupportedTag], repo: str) -> str:
                 "flavor": row.flavor,
                 "tags": list(row.floating),
                 "immutable_pattern": row.immutable_pattern,
+                "platforms": list(row.platforms),
                 "gated": {"mode": row.gated.mode, "where": row.gated.where, "date": row.gated.date} if row.gated else None,
             }
             for row in rows

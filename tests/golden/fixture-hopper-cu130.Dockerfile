@@ -18,6 +18,7 @@ LABEL io.imagefactory.python="3.11"
 LABEL io.imagefactory.flavor="slim"
 LABEL io.imagefactory.bitsandbytes="0.50.2"
 LABEL io.imagefactory.bitsandbytes-library="libbitsandbytes_cuda130.so"
+LABEL io.imagefactory.platforms="linux/amd64,linux/arm64"
 LABEL io.imagefactory.driver-floor="580"
 ENV PROBE_EXPECT_TARGET=hopper-cu130
 ENV PROBE_EXPECT_VENDOR=nvidia

@@ -147,3 +147,12 @@ def test_select(matrix: Matrix) -> None:
         select_targets(matrix, "hopper-cu999*")
     with pytest.raises(RefusedTargetError):
         select_targets(matrix, "volta-cu130")
+
+
+def test_arm64_only_where_the_machines_are_grace_and_pypi_has_the_cuda_torch_for_aarch64(matrix: Matrix) -> None:
+    by_id = expand(matrix).by_id()
+    assert by_id["hopper-cu130"].platforms == ("linux/amd64", "linux/arm64")  # GH200; torch 2.14.1 aarch64 is cu130
+    assert by_id["blackwell-cu130"].platforms == ("linux/amd64", "linux/arm64")  # GB200
+    assert by_id["ampere-cu130"].platforms == ("linux/amd64",)  # no Grace machine with an Ampere GPU
+    assert by_id["hopper-cu128"].platforms == ("linux/amd64",)  # torch 2.10.0's aarch64 wheel is a CPU build
+    assert by_id["hopper-cu130"].labels["io.imagefactory.platforms"] == "linux/amd64,linux/arm64"

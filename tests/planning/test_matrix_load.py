@@ -149,3 +149,11 @@ def test_missing_file_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError) as info:
         load_matrix(tmp_path / "nope.yaml")
     assert "no such file" in info.value.problems[0]
+
+
+def test_platforms_are_checked_and_an_arch_without_a_torch_for_them_is_refused(parse, matrix_text: str) -> None:
+    bad = matrix_text.replace("    platforms: [linux/amd64, linux/arm64]\n    description: H100", "    platforms: [linux/arm32]\n    description: H100")
+    assert any("arches.hopper.platforms[0]: must be one of linux/amd64, linux/arm64" in p for p in _problems(parse, bad))
+    arm_only = matrix_text.replace("    platforms: [linux/amd64, linux/arm64]\n    description: H100", "    platforms: [linux/arm64]\n    description: H100")
+    problems = _problems(parse, arm_only)  # cells.extra pins hopper-cu128 at torch 2.7.1: amd64 only
+    assert any("refused by rule platform" in p for p in problems), problems

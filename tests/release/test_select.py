@@ -253,3 +253,15 @@ def test_control_characters_in_gated_where_never_reach_the_terminal() -> None:
     hostile = [dict(GATED_FILE[0], gated={"mode": "cpu", "where": "host\x1b[2J\nrm -rf", "date": "2026-12-01"})]
     decision = choose(candidates_from_json(hostile, "t.json"), "9.0", "580.1")
     assert isinstance(decision, Choice) and "\x1b" not in decision.reason and "\n" not in decision.reason
+
+
+def test_an_arm64_machine_gets_an_image_built_for_arm64() -> None:
+    entries = [dict(e, platforms=["linux/amd64"]) for e in GATED_FILE]
+    entries[0]["platforms"] = ["linux/amd64", "linux/arm64"]  # hopper-cu130: GH200 too
+    decision = choose(candidates_from_json(entries, "t.json"), "9.0", "580.1", "linux/arm64")
+    assert isinstance(decision, Choice) and decision.candidate.target_id == "hopper-cu130"
+    assert "platform: linux/arm64" in decision.reason
+    refused = choose(candidates_from_json(entries, "t.json"), "9.0", "570.1", "linux/arm64")
+    assert isinstance(refused, Refusal) and "driver 570.1 is too old" in refused.reason
+    nothing = choose(candidates_from_json(entries[1:], "t.json"), "9.0", "580.1", "linux/arm64")
+    assert isinstance(nothing, Refusal) and "no image is built for linux/arm64" in nothing.reason
