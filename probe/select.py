@@ -41,6 +41,7 @@ ARCH_SMS: dict[str, tuple[str, ...]] = {
     "ada": ("8.9",),
     "hopper": ("9.0",),
     "blackwell": ("10.0", "12.0"),
+    "gb10": ("12.1",),
 }
 
 # Driver floor per CUDA release when only a tag name is known; mirrors matrix.yaml's
