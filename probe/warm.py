@@ -179,13 +179,33 @@ def stand_in_driver(sm: int, stub_dir: Path | None) -> Iterator[None]:
 
 
 def _forget_compiled_kernels() -> None:
-    """Triton keeps compiled kernels per device index in memory; another target on 'device 0' must not reuse them."""
+    """Triton keeps compiled kernels per device index in memory, keyed without the target: another SM on
+    'device 0' must not reuse them (it would compile nothing and write nothing for that SM). The attribute is
+    `device_caches` from triton 3.2 on, `cache` in 3.0 and 3.1."""
     from probe.kernels import project_kernels  # noqa: PLC0415
 
     for kernel in project_kernels().values():
-        caches = getattr(kernel, "device_caches", None)
-        if caches is not None:
-            caches.clear()
+        for name in ("device_caches", "cache"):
+            caches = getattr(kernel, name, None)
+            if isinstance(caches, dict):
+                caches.clear()
+
+
+def cached_arches(root: Path) -> dict[int, int]:
+    """How many compiled kernels the cache holds per SM (their metadata's target arch)."""
+    import json  # noqa: PLC0415
+
+    counts: dict[int, int] = {}
+    for meta in root.rglob("*.json") if root.exists() else ():
+        if meta.name.startswith("__grp__"):
+            continue
+        try:
+            target = json.loads(meta.read_text()).get("target") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(target, dict) and isinstance(target.get("arch"), int):
+            counts[target["arch"]] = counts.get(target["arch"], 0) + 1
+    return counts
 
 
 @contextlib.contextmanager
@@ -287,6 +307,7 @@ def warm(sm: int, root: Path, *, build_modules: bool = True, stub_from: Path | N
         report.error = one_line(exc)
     report.new_files = written(before, snapshot(root))
     report.seconds = round(time.perf_counter() - started, 3)
+    _check_on_disk(report, root)
     return report
 
 
@@ -316,7 +337,16 @@ def verify_warm_cache(sm: int, root: Path) -> WarmReport:
             os.environ["TRITON_CACHE_DIR"] = previous or str(root)
             _point_triton_at(Path(previous or root))
         report.cache_dir = str(root)
+    _check_on_disk(report, root)
     return report
+
+
+def _check_on_disk(report: WarmReport, root: Path) -> None:
+    """Every kernel must be on disk for this SM: a replay that found nothing to do could also have reused
+    kernels compiled in memory for another SM (what triton 3.0/3.1 did before `_forget_compiled_kernels`)."""
+    on_disk = cached_arches(root).get(report.sm, 0)
+    if report.error is None and on_disk < len(report.kernels):
+        report.error = f"{root} holds {on_disk} compiled kernel(s) for sm_{report.sm}, the probe has {len(report.kernels)}"
 
 
 def gpu_launch_all(dtype_name: str, root: Path) -> tuple[list[dict[str, Any]], list[str]]:
