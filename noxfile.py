@@ -88,6 +88,12 @@ def _cli_session(name: str, doc: str, *args: str) -> None:
     nox.session(name=name, venv_backend="none", default=False)(session_func)
 
 
+@nox.session(name="warm-pins", venv_backend="none", default=False)
+def warm_pins(session: nox.Session) -> None:
+    """Warm + replay the Triton cache with no GPU for every pinned triton (scratch venvs; writes docs/warm-pins.*)."""
+    session.run(PY, "-m", "imagefactory", "warm-pins", *session.posargs, external=True)
+
+
 _cli_session("bootstrap-base", "Bootstrap the local OS base images (imagefactory/base:bookworm[-build]).", "bootstrap")
 _cli_session("build-all", "Build every target (tags only those whose gate passes).", "build", "*")
 for _id in _target_ids():

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from imagefactory import log
 from imagefactory.build import commands as build_commands
+from imagefactory.build import warm_pins
 from imagefactory.build.gate import REPORTS_DIR
 from imagefactory.errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, UsageError, did_you_mean
 from imagefactory.plan import outputs, render, schema
@@ -34,6 +35,7 @@ from imagefactory.plan.rules import Candidate
 from imagefactory.plan.rules import explain as explain_rules
 from imagefactory.plan.workload import SHAPES_FILE, shapes_file
 from imagefactory.publish import commands as publish_commands
+from imagefactory.publish import gated
 from imagefactory.publish.docs import DOCS_REPO
 from probe.tags import TRAIN_DTYPES
 
@@ -77,7 +79,7 @@ def cmd_targets(args: argparse.Namespace) -> int:
             table.add_column(col, no_wrap=col == "target", overflow="fold")
         for t in targets:
             table.add_row(*map(escape, (t.id, t.torch.version, t.triton_version, t.python, t.flavor,
-                                        ",".join(t.sms or t.gfx), f"{t.bitsandbytes.version} {t.bitsandbytes.mode}",
+                                        ",".join(t.sms or t.gfx), f"{t.bitsandbytes.version} {t.bnb_mode}",
                                         t.payload_name)))
         _print_table(table)
     return 0
@@ -138,7 +140,7 @@ def show_table(t: Target) -> Table:
         ("base (runtime)", t.base.runtime, p["base"]),
         ("python", t.python, p["python"]),
         ("nvcc", t.nvcc + (f" ({', '.join(t.nvcc_packages)})" if t.nvcc_packages else ""), p["nvcc"]),
-        ("bitsandbytes", f"{t.bitsandbytes.version} mode {t.bitsandbytes.mode} (git {t.bitsandbytes.git_url} "
+        ("bitsandbytes", f"{t.bitsandbytes.version} {t.bnb_mode} (matrix: mode {t.bitsandbytes.mode}; git {t.bitsandbytes.git_url} "
                          f"@ {t.bitsandbytes.git_ref}; fallback {t.bitsandbytes.fallback or 'none'})",
          p["bitsandbytes"]),
         ("payload", f"{t.payload_name}: {', '.join(t.payload_requirements)}", p["payload"]),
@@ -357,7 +359,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="markdown table of reports/*/release.json")
     p.add_argument("records", nargs="*", help="release.json files")
     p.set_defaults(func=publish_commands.cmd_summary)
+
+    p = sub.add_parser("record-gate", parents=[matrix, reports],
+                       help="add a target whose last gate passed to docs/gated.json (what `probe select` prefers)")
+    p.add_argument("target")
+    p.add_argument("--where", required=True, help="the machine, in plain words: 'x86_64 build host, no GPU'")
+    p.add_argument("--file", type=Path, default=gated.GATED, help=f"the record (default: {gated.GATED})")
+    p.set_defaults(func=cmd_record_gate)
+
+    p = sub.add_parser("warm-pins", parents=[matrix],
+                       help="warm + replay Triton's cache with no GPU for every pinned triton (docs/warm-pins.*)")
+    p.add_argument("--triton", action="append", help="only this pin (repeatable); the record keeps the others")
+    p.add_argument("--sm", default=warm_pins.DEFAULT_SMS, help=f"SMs to warm (default {warm_pins.DEFAULT_SMS})")
+    p.add_argument("--python", default="python3.11", help="the interpreter of the venvs (images: bookworm's 3.11)")
+    p.add_argument("--keep", action="store_true", help="keep the venvs under .build/warm-pins/")
+    p.add_argument("--shared-torch", metavar="VERSION", help="one venv with this torch; each triton installed beside it")
+    p.set_defaults(func=lambda a: warm_pins.prove_pins(a.matrix, a.triton, a.sm, a.python, a.keep, a.shared_torch))
     return parser
+
+
+def cmd_record_gate(args: argparse.Namespace) -> int:
+    target = resolve_target(load_matrix(args.matrix), args.target)
+    print(gated.record_gate(target, args.where, args.reports_dir, args.file))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,9 +10,12 @@ Inputs: the GPU's compute capability and the driver version (from nvidia-smi, or
 (`GET /v2/<name>/tags/list`) or a `--tags-file` (docs/supported-tags.json, or the output of
 `python -m imagefactory targets --format json`).
 
-Rules, in order: the image must hold native code for the GPU's SM (bitsandbytes and the warm Triton
+Rules, in order: the image must be built for the machine's CPU platform (a tags file's `platforms`;
+`--platform`, default this machine's: Lambda's GH200 is linux/arm64); it must hold native code for the GPU's SM (bitsandbytes and the warm Triton
 cache are built per SM, SASS only); the driver must meet the image's CUDA floor; among those left,
-the newest torch wins, then a CUDA the driver supports natively, then the newest CUDA.
+a gated target wins (a tags file's `gated`: built here and its gate passed, docs/gated.json), then
+the newest torch, then a CUDA the driver supports natively, then the newest CUDA. The reason says
+when the chosen image was not gated (or when the input does not say).
 
 Exit codes: 0 a tag was chosen, 1 refused (nothing fits), 2 bad input.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import platform
 import re
 import subprocess
 import sys
@@ -129,6 +133,8 @@ class Candidate:
     torch: str | None
     floating_tags: tuple[str, ...] = ()
     immutable_tags: tuple[str, ...] = ()
+    gated: str | None = None  # where its gate passed ("CPU gate, x86_64 build host, 2026-12-01"); "" not gated; None unknown
+    platforms: tuple[str, ...] | None = None  # "linux/arm64", ...; None: not stated (a bare tag list)
 
     @property
     def best_tag(self) -> str:
@@ -203,6 +209,7 @@ VERSION_VALUE = re.compile(r"[0-9]{1,4}(?:\.[0-9]{1,4}){1,3}", re.ASCII)  # CUDA
 FLOOR_VALUE = re.compile(r"[1-9][0-9]{1,3}", re.ASCII)  # a driver branch: 580
 ID_VALUE = grammar.TARGET_ID  # hopper-cu130, hopper-cu128-torch2.7 (the grammar's, ASCII-checked in _text)
 TAG_VALUE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", re.ASCII)  # an OCI tag (releases may hold capitals)
+PLATFORM_VALUE = re.compile(r"linux/(?:amd64|arm64)", re.ASCII)  # the OCI platforms images are built for
 EXAMPLES = {"sm": "9.0", "driver floor": "580", "torch": "2.14.1", "CUDA version": "13.0"}
 MAX_TAGS_FILE = 16 * 1024 * 1024  # the committed file is ~30 KB; more is not a tags file
 
@@ -261,6 +268,11 @@ def candidate_from_record(entry: object, where: str) -> Candidate:
     if foreign:
         raise SelectError(f"{where}: tag {foreign[0]!r} is not a tag of {target_id} (want {target_id}, "
                           f"{target_id}-latest or {target_id}-torch<version>-<release>)")
+    platforms_value = entry.get("platforms")
+    if platforms_value is not None and not isinstance(platforms_value, list):
+        raise SelectError(f"{where}: 'platforms' must be a list like [\"linux/amd64\"], got {json.dumps(platforms_value)[:60]}")
+    platforms = (tuple(_text(p, PLATFORM_VALUE, "platform", where) for p in platforms_value)
+                 if platforms_value is not None else None)
     return Candidate(
         target_id=target_id,
         vendor=vendor,
@@ -270,6 +282,8 @@ def candidate_from_record(entry: object, where: str) -> Candidate:
         torch=torch,
         floating_tags=tuple(tag for tag in tags if not grammar.is_immutable(tag)),
         immutable_tags=tuple(tag for tag in tags if grammar.is_immutable(tag)),
+        gated=_gated(entry, where) if "gated" in entry else None,
+        platforms=platforms,
     )
 
 
@@ -302,14 +316,36 @@ def load_json(text: str, source: str) -> object:
         raise SelectError(f"{source}: not JSON ({str(error).splitlines()[0][:120]})") from None
 
 
-def choose(candidates: list[Candidate], sm: str, driver: str) -> Choice | Refusal:
-    """The whole decision, pure: (GPU SM, driver version) → the candidate to pull, or why none fits."""
+def _gated(entry: dict, where: str) -> str:
+    """`gated` of a supported-tags entry: null (not gated) or {mode, where, date}, as one line."""
+    value = entry["gated"]
+    if value is None:
+        return ""
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in ("mode", "where", "date")):
+        raise SelectError(f"{where}: 'gated' must be null or {{mode, where, date}}")
+    text = f"{value['mode'].upper()} gate, {value['where']}, {value['date']}"
+    return re.sub(r"[^\w ,.:;()/+=-]", "?", text)[:160]  # printed to a terminal: no control characters
+
+
+def host_platform() -> str:
+    """This machine's OCI platform: linux/arm64 on Grace (GH200, GB200), linux/amd64 on x86."""
+    machine = platform.machine().lower()
+    return "linux/arm64" if machine in ("aarch64", "arm64") else "linux/amd64" if machine in ("x86_64", "amd64") else f"linux/{machine}"
+
+
+def choose(candidates: list[Candidate], sm: str, driver: str, platform_: str = "linux/amd64") -> Choice | Refusal:
+    """The whole decision, pure: (GPU SM, driver version, CPU platform) → the candidate to pull, or why none fits."""
     if not candidates:
         return Refusal("no images to choose from (empty tag list)")
+    on_platform = [c for c in candidates if c.platforms is None or platform_ in c.platforms]
+    if not on_platform:
+        return Refusal(f"no image is built for {platform_} (the images are for "
+                       f"{', '.join(sorted({p for c in candidates for p in c.platforms or ()}))})")
+    candidates = on_platform
     for_arch = [c for c in candidates if c.vendor == "nvidia" and sm in c.sms]
     if not for_arch:
         built = sorted({s for c in candidates for s in c.sms}, key=version_key)
-        return Refusal(f"no image holds native code for SM {sm} (images exist for SM {', '.join(built) or 'none'})")
+        return Refusal(f"no image holds native code for SM {sm} on {platform_} (images exist for SM {', '.join(built) or 'none'})")
     branch = version_key(driver)[0]
     fits = [c for c in for_arch if c.driver_floor is None or branch >= c.driver_floor]
     if not fits:
@@ -322,13 +358,21 @@ def choose(candidates: list[Candidate], sm: str, driver: str) -> Choice | Refusa
 
     def rank(c: Candidate) -> tuple:
         is_native = bool(native and c.cuda and version_key(c.cuda) <= version_key(native))
-        return (version_key(c.torch or "0"), is_native, version_key(c.cuda or "0"), -len(c.target_id))
+        return (bool(c.gated), version_key(c.torch or "0"), is_native, version_key(c.cuda or "0"), -len(c.target_id))
 
     best = max(fits, key=rank)
     parts = [f"arch match: SM {sm} is in {best.target_id}'s SMs ({', '.join(best.sms)})"]
+    if best.platforms is not None:
+        parts.append(f"platform: {platform_}")
     parts.append(f"driver floor: {driver} ≥ {best.driver_floor} for CUDA {best.cuda}" + (f" (driver runs up to CUDA {native})" if native else ""))
     others = [c.target_id for c in fits if c is not best]
     parts.append(f"newest torch: {best.torch or 'unknown'}" + (f" (also fits: {', '.join(others)})" if others else ""))
+    if best.gated:
+        parts.append(f"gated: {best.gated}")
+    elif best.gated == "":
+        parts.append("NOT GATED: no record that this target was built and passed its gate (docs/gated.json)")
+    else:
+        parts.append("gating unknown: the tag list does not say whether this image was gated")
     return Choice(best, "; ".join(parts))
 
 
@@ -437,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tags-file", type=Path, help="docs/supported-tags.json or `imagefactory targets --format json` output")
     parser.add_argument("--gpu-sm", help="compute capability, e.g. 9.0 (default: from nvidia-smi)")
     parser.add_argument("--driver", help="driver version, e.g. 570.86 (default: from nvidia-smi)")
+    parser.add_argument("--platform", choices=("linux/amd64", "linux/arm64"),
+                        help="CPU platform (default: this machine's; Lambda GH200 is linux/arm64)")
     parser.add_argument("--json", action="store_true", help="print the decision as JSON")
     parser.add_argument("--quiet", action="store_true", help="print only the image reference")
     args = parser.parse_args(argv)
@@ -457,10 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     except SelectError as error:
         print(f"probe select: error: {error}", file=sys.stderr)
         return 2
-    decision = choose(candidates, sm, driver)
+    decision = choose(candidates, sm, driver, args.platform or host_platform())
     repo = (args.repo.rstrip("/") + ":") if args.repo else ""
     if args.json:
-        body = {"sm": sm, "driver": driver, "reason": decision.reason}
+        body = {"sm": sm, "driver": driver, "platform": args.platform or host_platform(), "reason": decision.reason}
         if isinstance(decision, Choice):
             body.update(image=repo + decision.candidate.best_tag, target=decision.candidate.target_id)
         print(json.dumps(body, indent=2))

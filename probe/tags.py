@@ -29,7 +29,7 @@ TARGET_ID_PATTERN = (
 )
 TARGET_ID = re.compile(TARGET_ID_PATTERN)
 IMMUTABLE_TAG = re.compile(rf"(?P<id>{TARGET_ID_PATTERN.replace('?P<', '?P<id_')})"
-                           rf"-torch(?P<torch>\d+(?:\.\d+)+)-(?P<release>{RELEASE_PATTERN})")
+                           rf"-torch(?P<torch>\d+\.\d+\.\d+)-(?P<release>{RELEASE_PATTERN})")  # full torch version: an id's own -torch2.7 is a minor
 
 
 class TargetId(NamedTuple):

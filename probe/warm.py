@@ -92,6 +92,7 @@ def build_stub(root: Path) -> Path:
     stub_dir = stub_dir_for(root)
     stub = stub_dir / "libcuda.so.1"
     if stub.exists():
+        _link_unversioned(stub_dir)
         return stub_dir
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
@@ -105,7 +106,17 @@ def build_stub(root: Path) -> Path:
         subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(built), str(src)],
                        check=True, capture_output=True)
         shutil.move(str(built), stub)  # whole file or nothing
+    _link_unversioned(stub_dir)
     return stub_dir
+
+
+def _link_unversioned(stub_dir: Path) -> None:
+    """`libcuda.so` -> `libcuda.so.1`: triton <= 3.5 links its host modules with `-lcuda`, which the linker
+    resolves by the unversioned name only (`ld: cannot find -lcuda` without it); the modules still record
+    the soname, NEEDED libcuda.so.1, so the real driver is the one loaded on a GPU."""
+    link = stub_dir / "libcuda.so"
+    if not link.is_symlink():
+        link.symlink_to("libcuda.so.1")  # relative: the cache is copied (replays, COPY --from=warm)
 
 
 @contextlib.contextmanager
@@ -178,13 +189,33 @@ def stand_in_driver(sm: int, stub_dir: Path | None) -> Iterator[None]:
 
 
 def _forget_compiled_kernels() -> None:
-    """Triton keeps compiled kernels per device index in memory; another target on 'device 0' must not reuse them."""
+    """Triton keeps compiled kernels per device index in memory, keyed without the target: another SM on
+    'device 0' must not reuse them (it would compile nothing and write nothing for that SM). The attribute is
+    `device_caches` from triton 3.2 on, `cache` in 3.0 and 3.1."""
     from probe.kernels import project_kernels  # noqa: PLC0415
 
     for kernel in project_kernels().values():
-        caches = getattr(kernel, "device_caches", None)
-        if caches is not None:
-            caches.clear()
+        for name in ("device_caches", "cache"):
+            caches = getattr(kernel, name, None)
+            if isinstance(caches, dict):
+                caches.clear()
+
+
+def cached_arches(root: Path) -> dict[int, int]:
+    """How many compiled kernels the cache holds per SM (their metadata's target arch)."""
+    import json  # noqa: PLC0415
+
+    counts: dict[int, int] = {}
+    for meta in root.rglob("*.json") if root.exists() else ():
+        if meta.name.startswith("__grp__"):
+            continue
+        try:
+            target = json.loads(meta.read_text()).get("target") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(target, dict) and isinstance(target.get("arch"), int):
+            counts[target["arch"]] = counts.get(target["arch"], 0) + 1
+    return counts
 
 
 @contextlib.contextmanager
@@ -286,6 +317,7 @@ def warm(sm: int, root: Path, *, build_modules: bool = True, stub_from: Path | N
         report.error = one_line(exc)
     report.new_files = written(before, snapshot(root))
     report.seconds = round(time.perf_counter() - started, 3)
+    _check_on_disk(report, root)
     return report
 
 
@@ -315,7 +347,16 @@ def verify_warm_cache(sm: int, root: Path) -> WarmReport:
             os.environ["TRITON_CACHE_DIR"] = previous or str(root)
             _point_triton_at(Path(previous or root))
         report.cache_dir = str(root)
+    _check_on_disk(report, root)
     return report
+
+
+def _check_on_disk(report: WarmReport, root: Path) -> None:
+    """Every kernel must be on disk for this SM: a replay that found nothing to do could also have reused
+    kernels compiled in memory for another SM (what triton 3.0/3.1 did before `_forget_compiled_kernels`)."""
+    on_disk = cached_arches(root).get(report.sm, 0)
+    if report.error is None and on_disk < len(report.kernels):
+        report.error = f"{root} holds {on_disk} compiled kernel(s) for sm_{report.sm}, the probe has {len(report.kernels)}"
 
 
 def gpu_launch_all(dtype_name: str, root: Path) -> tuple[list[dict[str, Any]], list[str]]:

@@ -29,7 +29,7 @@ from imagefactory.build.locks import staging_lock, target_lock
 from imagefactory.errors import BuildFailedError, ImageFactoryError, UsageError
 from imagefactory.log import echo
 from imagefactory.plan.model import Target
-from imagefactory.plan.render import REPO_ROOT, render_target
+from imagefactory.plan.render import REPO_ROOT, bnb_library, render_target
 from imagefactory.run import run
 
 BnbSource = Literal["git", "local", "wheel"]
@@ -107,7 +107,10 @@ def choose_bnb(target: Target, local_tree: Path | None, git_reachable: Callable[
         version = local_tree_version(local_tree)
         differs = "" if version == bnb.version else f" (matrix pins {bnb.version})"
         return BnbChoice("local", version, f"bitsandbytes {version} compiled from the local tree {local_tree}{differs}")
-    if bnb.mode == "wheel" or target.nvcc == "none":
+    if target.nvcc == "none":
+        return BnbChoice("wheel", bnb.version, f"bitsandbytes {bnb.version}: the PyPI wheel's {bnb_library(target)} (the "
+                                               f"{target.flavor} flavor has no CUDA {target.toolkit.version} compiler), one library kept")
+    if bnb.mode == "wheel":
         return BnbChoice("wheel", bnb.version, f"bitsandbytes {bnb.version}: the PyPI wheel (declared mode), one library kept")
     if git_reachable():
         return BnbChoice("git", bnb.version, f"bitsandbytes {bnb.version} compiled from {bnb.git_url} at {bnb.git_ref}")

@@ -1,8 +1,10 @@
 """Matrix -> targets: default torch/flavor per arch x toolkit, target ids, `--select` globs.
 
-Target ids: `<arch>-<toolkit>` for a cell's default (newest torch and first flavor that pass every
-rule); a non-default torch adds `-torch<minor>`, a non-default flavor `-<flavor>`, an explicit dtype
-that differs from the arch's natural one `-<dtype>`: `hopper-cu128-torch2.7`, `hopper-cu130-nvidia`.
+Target ids: `<arch>-<toolkit>` for a cell's default (the first flavor of the toolkit's preference order
+that passes every rule with some torch, at the newest torch that passes); a non-default torch adds
+`-torch<minor>`, a non-default flavor `-<flavor>`, an explicit dtype that differs from the arch's natural
+one `-<dtype>`: `hopper-cu128-torch2.7-nvidia`, `hopper-cu130-nvidia`. `expand: all` also yields every
+other flavor that passes, at its own newest torch (`ampere-cu121-nvidia` beside the slim `ampere-cu121`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from imagefactory.plan.model import (
     Target,
     TorchBuild,
     TrainDtype,
+    bnb_library_name,
 )
-from imagefactory.plan.rules import Candidate, base_images, check, payload_for, vendor_mismatch
+from imagefactory.plan.rules import Candidate, base_images, check, payload_for, platforms_of, vendor_mismatch
 from imagefactory.plan.rules import workload as workload_note
 from imagefactory.plan.workload import accepts, needs_runtime_compiler
 from probe import tags
@@ -65,15 +68,16 @@ def flavors_for(matrix: Matrix, toolkit: str) -> list[str]:
 
 def pick(matrix: Matrix, arch: str, toolkit: str, torch: str | None = None, flavor: str | None = None,
           dtype: TrainDtype | None = None) -> Pick:
-    """The first candidate (newest torch, then flavor preference) that passes every rule."""
+    """The first candidate (flavor preference, then newest torch) that passes every rule: a preferred
+    flavor (slim) wins with an older torch over a later flavor with a newer one."""
     tk = matrix.toolkits[toolkit]
     torches = [matrix.torches[torch]] if torch else torches_for(matrix, toolkit)
     flavors = [flavor] if flavor else flavors_for(matrix, toolkit)
     if not torches:
         return Pick(None, (Refusal("torch-toolkit", f"no torch in the matrix ships {toolkit}"),))
     seen: dict[tuple[str, str], Refusal] = {}
-    for t in torches:
-        for f in flavors:
+    for f in flavors:
+        for t in torches:
             cand = Candidate(matrix.arches[arch], tk, t, matrix.flavors[f], dtype)
             refusals = check(matrix, cand)
             if not refusals:
@@ -94,6 +98,7 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
     nvcc = tk.nvcc[flavor.name]
     index_url = None if torch.pypi_toolkit == tk.id else matrix.torch_index_url.replace("{toolkit}", tk.id)
     dtype = cand.dtype or natural_dtype(cand)
+    platforms = platforms_of(matrix, cand)
     warm = matrix.warm_triton_cache and tk.kind == "cuda"
     sm_codes = tuple(sm.replace(".", "") for sm in arch.sms)
     bnb = matrix.bitsandbytes
@@ -111,6 +116,9 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         "io.imagefactory.python": python,
         "io.imagefactory.flavor": flavor.name,
         "io.imagefactory.bitsandbytes": bnb.version,
+        # the one native library kept (compiled for the SMs, or the wheel's where the flavor has no compiler)
+        "io.imagefactory.bitsandbytes-library": bnb_library_name(tk),
+        "io.imagefactory.platforms": ",".join(platforms),
     }
     if tk.driver_floor:
         labels["io.imagefactory.driver-floor"] = tk.driver_floor
@@ -181,6 +189,7 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         nvcc=nvcc.origin,
         nvcc_packages=nvcc.packages,
         bitsandbytes=bnb,
+        bnb_mode="wheel" if bnb.mode == "wheel" or nvcc.origin == "none" else "source",
         payload_name=payload.name,
         payload_requirements=payload.requirements,
         optional_requirements=matrix.optional_requirements,
@@ -193,6 +202,7 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         is_default=is_default,
         workload=workload,
         runtime_c_compiler=needs_runtime_compiler(matrix, torch.triton),
+        platforms=platforms,
         provenance=provenance,
     )
 
@@ -224,10 +234,19 @@ def _expand(matrix: Matrix) -> Expansion:
             if cell_pick.candidate is None:
                 refused.append(RefusedCell(f"{arch}-{tk}", cell_pick.refusals))
                 continue
+            default = cell_pick.candidate
             targets[f"{arch}-{tk}"] = build_target(
-                matrix, cell_pick.candidate, f"{arch}-{tk}", is_default=True,
-                why_torch=f"newest torch that ships {tk} and passes every rule",
+                matrix, default, f"{arch}-{tk}", is_default=True,
+                why_torch=f"newest torch that ships {tk} and passes every rule in the {default.flavor.name} flavor",
                 why_flavor="first flavor of the toolkit that passes every rule")
+            for flavor in flavors_for(matrix, tk):  # the other flavors stay selectable: -<flavor> ids
+                other = pick(matrix, arch, tk, flavor=flavor).candidate if flavor != default.flavor.name else None
+                if other is not None:
+                    other_id = tags.make_target_id(arch, tk, None, flavor, None)
+                    targets[other_id] = build_target(
+                        matrix, other, other_id, is_default=False,
+                        why_torch=f"newest torch that ships {tk} and passes every rule in the {flavor} flavor",
+                        why_flavor=f"a further flavor of the toolkit (default: {default.flavor.name})")
     problems: list[str] = []
     for i, spec in enumerate(matrix.extra_cells):
         where = f"{matrix.path.name}:{spec.line}: cells.extra[{i}]"

@@ -444,16 +444,17 @@ def _arches(r: _Reader, value: Any) -> dict[str, ArchFamily]:
         min_rocm = r.optional(m, "min_rocm", p, lambda v, q: r.version(v, q, major_minor=True))
         desc = r.string(m.get("description", ""), p + ("description",), regex=ONE_LINE_RE,
                         what="description (one line, at most 200 characters)")
+        platforms = _platforms(r, m, p)
         if vendor == "nvidia" and sms is not None and (not sms or gfx):
             r.doc.problem(p, "an nvidia arch needs a non-empty 'sms' list and no 'gfx'")
             continue
         if vendor == "amd" and gfx is not None and (not gfx or sms or min_rocm is None):
             r.doc.problem(p, "an amd arch needs a non-empty 'gfx' list, 'min_rocm' and no 'sms'")
             continue
-        if vendor is None or sms is None or gfx is None or caps is None or desc is None or (
+        if vendor is None or sms is None or gfx is None or caps is None or desc is None or platforms is None or (
                 "min_rocm" in m and min_rocm is None):
             continue
-        arches[name] = ArchFamily(name, vendor, sms, gfx, frozenset(caps), min_rocm, desc)
+        arches[name] = ArchFamily(name, vendor, sms, gfx, frozenset(caps), min_rocm, desc, platforms)
     return arches
 
 
@@ -481,11 +482,12 @@ def _flavors(r: _Reader, value: Any) -> dict[str, Flavor]:
         base = r.optional(m, "base", p, lambda v, q: _base_images(r, v, q))
         desc = r.string(m.get("description", ""), p + ("description",), regex=ONE_LINE_RE,
                         what="description (one line, at most 200 characters)")
+        torch_from = r.optional(m, "torch", p, lambda v, q: r.choice(v, q, schema.TORCH_SOURCES), default="any")
         if name == "slim" and "base" not in m:
             r.doc.problem(p, "the slim flavor needs 'base' (its OS images)")
-        if vendor is None or desc is None:
+        if vendor is None or desc is None or torch_from is None:
             continue
-        flavors[name] = Flavor(name, vendor, base, desc)
+        flavors[name] = Flavor(name, vendor, base, desc, pypi_torch_only=torch_from == "pypi")
     return flavors
 
 
@@ -568,9 +570,10 @@ def _torches(r: _Reader, value: Any, toolkits: Mapping[str, Toolkit]) -> dict[st
                              f"target ids use the minor)")
             continue
         minors[minor] = version
-        if triton is None or pythons is None or tks is None:
+        pypi_platforms = _platforms(r, m, p, key="pypi_platforms")
+        if triton is None or pythons is None or tks is None or pypi_platforms is None:
             continue
-        torches[version] = TorchBuild(version, triton, pythons, tks, pypi)
+        torches[version] = TorchBuild(version, triton, pythons, tks, pypi, pypi_platforms)
     return torches
 
 
@@ -597,6 +600,17 @@ def _payloads(r: _Reader, value: Any) -> tuple[Payload, ...]:
             continue
         payloads.append(Payload(name, tspec, pspec, reqs))
     return tuple(payloads)
+
+
+def _platforms(r: _Reader, m: dict[str, Any], path: Path_, key: str = "platforms") -> tuple[str, ...] | None:
+    """An optional non-empty list of OCI platforms (default: linux/amd64 alone)."""
+    if key not in m:
+        return ("linux/amd64",)
+    found = r.str_list(m[key], path + (key,), lambda v, q: r.choice(v, q, schema.PLATFORMS))
+    if found is not None and not found:
+        r.doc.problem(path + (key,), "is empty")
+        return None
+    return found
 
 
 def _base_images(r: _Reader, value: Any, path: Path_) -> BaseImages | None:

@@ -25,6 +25,13 @@ TrainDtype = Literal["bf16", "fp16"]
 WarmAct = Literal["swiglu", "geglu"]
 
 
+def bnb_library_name(toolkit: Toolkit) -> str:
+    """The native library bitsandbytes loads for a toolkit (it picks it by torch's CUDA/HIP version):
+    libbitsandbytes_cuda121.so, libbitsandbytes_rocm64.so."""
+    prefix = "cuda" if toolkit.kind == "cuda" else "rocm"
+    return f"libbitsandbytes_{prefix}{toolkit.version.replace('.', '')}.so"
+
+
 def minor_of(version: str) -> str:
     """`2.14.1` -> `2.14` (target ids and the torch/triton pairing use the minor release)."""
     v = Version(version)
@@ -40,6 +47,7 @@ class ArchFamily:
     capabilities: frozenset[str]  # "bf16", "fp8", "fa2", "fa3": read by rules
     min_rocm: str | None  # AMD only: the oldest ROCm that supports every gfx target
     description: str
+    platforms: tuple[str, ...] = ("linux/amd64",)  # CPU platforms its machines come with (GH200: linux/arm64)
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class TorchBuild:
     pythons: tuple[str, ...]
     toolkits: tuple[str, ...]  # toolkit ids PyTorch publishes this release for
     pypi_toolkit: str | None  # the one toolkit whose build is the plain PyPI wheel
+    pypi_platforms: tuple[str, ...] = ("linux/amd64",)  # platforms whose PyPI wheel is that CUDA build
 
     @property
     def minor(self) -> str:
@@ -89,6 +98,7 @@ class Flavor:
     vendor: Vendor
     base: BaseImages | None  # slim: the local bootstrapped OS base; vendor flavors: per toolkit
     description: str
+    pypi_torch_only: bool = False  # only the plain PyPI torch (its own CUDA): never torch_index_url
 
 
 @dataclass(frozen=True)
@@ -248,6 +258,7 @@ class Target:
     nvcc: NvccOrigin
     nvcc_packages: tuple[str, ...]
     bitsandbytes: Bitsandbytes
+    bnb_mode: BnbMode  # what the build does: "source" (compile for the SMs) or "wheel" (no compiler: the PyPI wheel)
     payload_name: str
     payload_requirements: tuple[str, ...]
     optional_requirements: tuple[str, ...]
@@ -260,6 +271,7 @@ class Target:
     is_default: bool  # the arch x toolkit cell's default torch and flavor
     workload: Workload | None  # installed over the payload; None where the matrix declares none or its pins do not fit
     runtime_c_compiler: bool  # the runtime stage gets gcc: its triton builds a C launcher per kernel signature
+    platforms: tuple[str, ...]  # OCI platforms this target's image serves ("linux/amd64", "linux/arm64")
     provenance: Mapping[str, str] = field(repr=False, compare=False)
 
     @property

@@ -80,12 +80,12 @@ def bake_file(targets: Iterable[Target], *, cache_dir: str = ".cache/buildx") ->
         bake_targets[name] = {
             "context": ".",
             "dockerfile": t.dockerfile,
-            "args": {"BNB_SOURCE": "git" if t.bitsandbytes.mode == "source" else "wheel"},
+            "args": {"BNB_SOURCE": "git" if t.bnb_mode == "source" else "wheel"},
             "tags": [f"{t.image_repo}:{tag}" for tag in t.tags],
             "labels": dict(t.labels),
             "cache-from": [f"type=local,src={cache_dir}/{t.id}"],
             "cache-to": [f"type=local,dest={cache_dir}/{t.id},mode=max"],
-            "platforms": ["linux/amd64"],
+            "platforms": list(t.platforms),
         }
     return dumps({"group": {"default": {"targets": names}}, "target": bake_targets})
 

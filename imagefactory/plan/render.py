@@ -24,7 +24,7 @@ from typing import Any
 import jinja2
 
 from imagefactory.errors import ImageFactoryError, TemplateError
-from imagefactory.plan.model import Target
+from imagefactory.plan.model import Target, bnb_library_name
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE_DIR = REPO_ROOT / "templates"
@@ -35,10 +35,8 @@ _CONTROL = {chr(c) for c in range(32)} | {"\x7f", "\x85", "\u2028", "\u2029"}  #
 
 
 def bnb_library(target: Target) -> str:
-    """The native library bitsandbytes loads for this image's toolkit (it picks it by torch's
-    CUDA/HIP version): libbitsandbytes_cuda130.so, libbitsandbytes_rocm64.so."""
-    prefix = "cuda" if target.toolkit.kind == "cuda" else "rocm"
-    return f"libbitsandbytes_{prefix}{target.toolkit.version.replace('.', '')}.so"
+    """The native library bitsandbytes loads for this image's toolkit: libbitsandbytes_cuda130.so."""
+    return bnb_library_name(target.toolkit)
 
 
 def _one_line(value: object) -> str:

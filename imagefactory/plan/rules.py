@@ -58,6 +58,15 @@ def payload_for(matrix: Matrix, torch: str, python: str) -> Payload | None:
     return None
 
 
+def platforms_of(m: Matrix, c: Candidate) -> tuple[str, ...]:
+    """The OCI platforms a candidate's image serves: its arch's machines (GH200, GB200: arm64 too) that its
+    torch build exists for. arm64 only from PyPI (torch.pypi_platforms: the aarch64 wheel is the same CUDA
+    build from torch 2.11 on); torch_index_url's aarch64 sets are not sourced here: amd64 only."""
+    from_pypi = c.torch.pypi_toolkit == c.toolkit.id
+    torch_platforms = c.torch.pypi_platforms if from_pypi else ("linux/amd64",)
+    return tuple(p for p in c.arch.platforms if p in torch_platforms)
+
+
 def vendor_mismatch(arch: ArchFamily, toolkit: Toolkit) -> Refusal | None:
     """Rule vendor on its own: expansion uses it to skip arch x toolkit pairs before any torch is picked."""
     wanted = "nvidia" if toolkit.kind == "cuda" else "amd"
@@ -130,10 +139,19 @@ def flavor_vendor(m: Matrix, c: Candidate) -> Refusal | None:
 
 def slim_nvcc(m: Matrix, c: Candidate) -> Refusal | None:
     src = c.toolkit.nvcc.get(c.flavor.name)
-    if src is not None and src.origin == "none" and m.bitsandbytes.mode == "source":
+    bnb = m.bitsandbytes
+    if src is not None and src.origin == "none" and bnb.mode == "source" and bnb.fallback != "wheel":
         return Refusal("slim-nvcc", f"bitsandbytes mode source needs a CUDA compiler, and the {c.flavor.name} flavor "
-                                    f"has none for CUDA {c.toolkit.version} (no nvcc on PyPI for 12.x): "
-                                    f"use the nvidia flavor")
+                                    f"has none for CUDA {c.toolkit.version} (no nvcc on PyPI for 12.x) and no wheel "
+                                    f"fallback is declared: use the nvidia flavor")
+    return None
+
+
+def flavor_torch(m: Matrix, c: Candidate) -> Refusal | None:
+    if c.flavor.pypi_torch_only and c.torch.pypi_toolkit != c.toolkit.id:
+        pypi = f"its PyPI build is {c.torch.pypi_toolkit}" if c.torch.pypi_toolkit else "it has no PyPI build"
+        return Refusal("flavor-torch", f"the {c.flavor.name} flavor installs torch from PyPI only; torch "
+                                       f"{c.torch.version} for {c.toolkit.id} comes from torch_index_url ({pypi})")
     return None
 
 
@@ -175,6 +193,13 @@ def workload(m: Matrix, c: Candidate) -> Refusal | None:
                               f"{c.torch.version} with python {python}")
 
 
+def platform(m: Matrix, c: Candidate) -> Refusal | None:
+    if not platforms_of(m, c):
+        return Refusal("platform", f"{c.arch.name} machines are {', '.join(c.arch.platforms)}; torch {c.torch.version} "
+                                   f"for {c.toolkit.id} has no build for them")
+    return None
+
+
 def bf16(m: Matrix, c: Candidate) -> Refusal | None:
     if c.dtype == "bf16" and "bf16" not in c.arch.capabilities:
         return Refusal("bf16", f"{c.arch.name} has no bf16 (needs SM >= 8.0); use dtype fp16")
@@ -190,10 +215,12 @@ RULES: tuple[tuple[str, Callable[[Matrix, Candidate], Refusal | None], str], ...
     ("torch-toolkit", torch_toolkit, "PyTorch publishes the torch release for the toolkit"),
     ("torch-triton", torch_triton, "the torch's triton matches triton_pairing"),
     ("flavor-vendor", flavor_vendor, "the flavor serves the arch's vendor and the toolkit declares it"),
-    ("slim-nvcc", slim_nvcc, "bitsandbytes from source needs a compiler in the flavor"),
+    ("slim-nvcc", slim_nvcc, "bitsandbytes from source needs a compiler in the flavor (or a wheel fallback)"),
+    ("flavor-torch", flavor_torch, "a flavor with torch: pypi takes only the torch whose PyPI build is the toolkit"),
     ("python", python_supported, "the flavor's python has a torch wheel"),
     ("bitsandbytes-torch", bitsandbytes_torch, "bitsandbytes accepts the torch version"),
     ("payload", payload, "a payload accepts the torch and python"),
+    ("platform", platform, "the torch build exists for a CPU platform of the arch's machines"),
     ("bf16", bf16, "bf16 settings only on SMs with bf16"),
 )
 # Rules that decide what a target holds, never whether it exists (explain prints them as notes).

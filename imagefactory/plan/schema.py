@@ -46,6 +46,8 @@ CAPABILITIES = ("bf16", "fa2", "fa3", "fp8")
 NVCC_ORIGINS = ("pypi", "base", "hipcc", "none")
 BNB_MODES = ("source", "wheel")
 EXPAND_MODES = ("all", "none")
+PLATFORMS = ("linux/amd64", "linux/arm64")  # OCI platforms an image may be built for
+TORCH_SOURCES = ("pypi", "any")  # flavors.<f>.torch: pypi = only the PyPI torch build (slim)
 
 
 def whole(pattern: str) -> str:
@@ -99,6 +101,7 @@ ARCH = record({
     "gfx": array(string(GFX)),
     "capabilities": array(choice(CAPABILITIES)),
     "min_rocm": string(MAJOR_MINOR),
+    "platforms": array(choice(PLATFORMS), min_items=1),
     "description": string(ONE_LINE),
 }, "vendor")
 TOOLKIT = record({
@@ -114,8 +117,10 @@ TORCH_BUILD = record({
     "python": array(string(MAJOR_MINOR)),
     "toolkits": array(string(TOOLKIT_ID), min_items=1),
     "pypi_toolkit": {"type": ["string", "null"], "pattern": whole(TOOLKIT_ID)},
+    "pypi_platforms": array(choice(PLATFORMS), min_items=1),
 }, "triton", "python", "toolkits")
-FLAVOR = record({"vendor": choice(VENDORS), "base": BASES, "description": string(ONE_LINE)}, "vendor")
+FLAVOR = record({"vendor": choice(VENDORS), "base": BASES, "torch": choice(TORCH_SOURCES), "description": string(ONE_LINE)},
+                "vendor")
 BITSANDBYTES = record({
     "version": string(VERSION),
     "mode": choice(BNB_MODES),

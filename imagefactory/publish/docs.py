@@ -24,6 +24,8 @@ from pathlib import Path
 
 from imagefactory.errors import ImageFactoryError, UsageError
 from imagefactory.plan.model import Target, immutable_tag
+from imagefactory.publish.gated import GatedBuild
+from imagefactory.publish.gated import load as load_gated
 
 # The repository the docs name; the release workflow publishes to ghcr.io/<owner>/imagefactory.
 # Regenerate with --repo for another registry.
@@ -76,9 +78,11 @@ class SupportedTag:
     flavor: str
     driver_floor: str | None
     description: str
+    gated: GatedBuild | None = None  # docs/gated.json's record of a passing gate of this target at this torch
+    platforms: tuple[str, ...] = ("linux/amd64",)
 
     @classmethod
-    def of(cls, target: Target) -> SupportedTag:
+    def of(cls, target: Target, gated: GatedBuild | None = None) -> SupportedTag:
         kind = target.toolkit.kind
         return cls(
             target_id=target.id,
@@ -95,11 +99,14 @@ class SupportedTag:
             flavor=target.flavor,
             driver_floor=target.toolkit.driver_floor,
             description=target.arch.description,
+            gated=gated if gated is not None and gated.torch == target.torch.version else None,
+            platforms=tuple(target.platforms),
         )
 
 
-def supported_tags(targets: Iterable[Target]) -> list[SupportedTag]:
-    return sorted((SupportedTag.of(t) for t in targets), key=lambda row: (row.vendor != "nvidia", row.target_id))
+def supported_tags(targets: Iterable[Target], gated: Mapping[str, GatedBuild] | None = None) -> list[SupportedTag]:
+    record = gated or {}
+    return sorted((SupportedTag.of(t, record.get(t.id)) for t in targets), key=lambda row: (row.vendor != "nvidia", row.target_id))
 
 
 def supported_tags_markdown(rows: Sequence[SupportedTag], repo: str) -> str:
@@ -115,8 +122,13 @@ def supported_tags_markdown(rows: Sequence[SupportedTag], repo: str) -> str:
         "",
         "Not sure which one? On the machine: `python3 -m probe select --repo " + repo + "` (see docs/deploy/README.md).",
         "",
-        "| target | floating tags | immutable tag | GPUs (SM / gfx) | toolkit | torch | python | flavor | min driver |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "**Gated** says where this project built the target and its gate (probe + smoke training in the image)",
+        "passed, from [gated.json](gated.json); the other targets render and lint but were not built here.",
+        "**Platforms**: arm64 where the arch's machines are Grace (GH200, GB200) and PyPI's aarch64 torch is",
+        "the same CUDA build (torch ≥ 2.11); arm64 images were not built here yet.",
+        "",
+        "| target | floating tags | immutable tag | GPUs (SM / gfx) | toolkit | torch | python | flavor | min driver | platforms | gated |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         floating = "<br>".join(f"`{tag}`" for tag in row.floating)
@@ -124,7 +136,9 @@ def supported_tags_markdown(rows: Sequence[SupportedTag], repo: str) -> str:
         floor = f"≥ {row.driver_floor}" if row.driver_floor else "ROCm (amdgpu)"
         lines.append(
             f"| **{row.target_id}** | {floating} | `{row.immutable_pattern}` | {gpus} ({row.description}) | "
-            f"{row.toolkit} | {row.torch} | {row.python} | {row.flavor} | {floor} |"
+            f"{row.toolkit} | {row.torch} | {row.python} | {row.flavor} | {floor} | "
+            f"{', '.join(p.removeprefix('linux/') for p in row.platforms)} | "
+            f"{row.gated.summary() if row.gated else 'not built here'} |"
         )
     lines += [
         "",
@@ -150,6 +164,8 @@ def supported_tags_json(rows: Sequence[SupportedTag], repo: str) -> str:
                 "flavor": row.flavor,
                 "tags": list(row.floating),
                 "immutable_pattern": row.immutable_pattern,
+                "platforms": list(row.platforms),
+                "gated": {"mode": row.gated.mode, "where": row.gated.where, "date": row.gated.date} if row.gated else None,
             }
             for row in rows
         ],
@@ -261,7 +277,7 @@ def generate(targets: Iterable[Target], repo: str = DOCS_REPO, docs_dir: Path = 
     """sizes: measured image bytes by target id (docs/deploy/image-sizes.json); unmeasured targets get defaults."""
     sizes = sizes or {}
     check_docs_repo(repo)
-    rows = supported_tags(targets)
+    rows = supported_tags(targets, load_gated(docs_dir / "gated.json"))
     files = {
         docs_dir / "supported-tags.md": supported_tags_markdown(rows, repo),
         docs_dir / "supported-tags.json": supported_tags_json(rows, repo),

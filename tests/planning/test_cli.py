@@ -77,10 +77,11 @@ def test_refused_target_exit_3(run_cli) -> None:
     ("argv", "code", "text"),
     [
         (("explain", "hopper", "cu130"), 0, "allowed: hopper x cu130 x torch 2.14.1 (slim flavor) -> target hopper-cu130"),
-        (("explain", "ampere", "cu121", "2.5", "--flavor", "slim"), 3, "refused by rule slim-nvcc"),
+        (("explain", "ampere", "cu121", "2.5", "--flavor", "slim"), 3, "refused by rule flavor-torch"),
+            (("explain", "ampere", "cu121", "2.4", "--flavor", "slim"), 0, "-> target ampere-cu121"),
         (("explain", "blackwell", "cu121"), 3, "FAIL sm-floor"),
         (("explain", "turing", "cu126", "--dtype", "bf16"), 3, "refused by rule bf16"),
-        (("explain", "hopper", "cu128", "2.10.0"), 0, "-> target hopper-cu128-torch2.10"),
+        (("explain", "hopper", "cu128", "2.7.1"), 0, "-> target hopper-cu128-torch2.7-nvidia"),
         # fp16 on hopper is allowed but no cell of the matrix: never the bf16 target hopper-cu130
         (("explain", "hopper", "cu130", "--dtype", "fp16"), 0, "(not a cell of the matrix: add it under cells.extra)"),
     ],

@@ -37,29 +37,41 @@ def test_issue_examples_exist(matrix: Matrix, target_id: str) -> None:
     assert resolve_target(matrix, target_id).id == target_id
 
 
-def test_default_torch_is_the_newest_compatible(matrix: Matrix) -> None:
+def test_default_torch_is_the_newest_compatible_in_the_default_flavor(matrix: Matrix) -> None:
     for t in expand(matrix).targets:
         if not t.is_default:
             continue
         newer = [v for v, tb in matrix.torches.items()
                  if t.toolkit.id in tb.toolkits and Version(v) > Version(t.torch.version)]
-        for version in newer:  # every newer torch for this cell must be refused by some rule
-            assert all(check(matrix, Candidate(t.arch, t.toolkit, matrix.torches[version], matrix.flavors[f], None))
-                       for f in t.toolkit.flavors), (t.id, version)
+        for version in newer:  # every newer torch for this cell must be refused in its flavor
+            assert check(matrix, Candidate(t.arch, t.toolkit, matrix.torches[version], matrix.flavors[t.flavor], None)), (t.id, version)
+        earlier = t.toolkit.flavors[: t.toolkit.flavors.index(t.flavor)]
+        for flavor in earlier:  # and every preferred flavor refused with every torch
+            assert all(check(matrix, Candidate(t.arch, t.toolkit, tb, matrix.flavors[flavor], None))
+                       for tb in matrix.torches.values() if t.toolkit.id in tb.toolkits), (t.id, flavor)
 
 
-def test_cuda12_cells_default_to_the_nvidia_flavor(matrix: Matrix) -> None:
-    # slim has no nvcc for CUDA 12.x and bitsandbytes is built from source: rule slim-nvcc decides
+def test_slim_is_the_default_wherever_pypi_has_the_toolkits_torch(matrix: Matrix) -> None:
+    # slim takes only PyPI's own torch build (rule flavor-torch); 12.x has no PyPI nvcc, so its
+    # bitsandbytes is the wheel's library (rule slim-nvcc allows that: the wheel is the fallback)
+    pypi_toolkits = {tb.pypi_toolkit for tb in matrix.torches.values()}
+    by_id = expand(matrix).by_id()
     for t in expand(matrix).targets:
         if t.toolkit.kind == "cuda" and t.is_default:
-            assert t.flavor == ("slim" if t.toolkit.version.startswith("13.") else "nvidia"), t.id
+            assert t.flavor == ("slim" if t.toolkit.id in pypi_toolkits else "nvidia"), t.id
+            assert t.bnb_mode == ("source" if t.flavor == "nvidia" or t.toolkit.version.startswith("13.") else "wheel"), t.id
+            if t.flavor == "slim":
+                assert t.torch.index_url is None and by_id[f"{t.id}-nvidia"].flavor == "nvidia"  # nvidia stays selectable
         if t.toolkit.kind == "rocm":
             assert t.flavor == "rocm" and t.nvcc == "hipcc" and t.gfx and not t.sms
+    cu121 = by_id["ampere-cu121"]
+    assert (cu121.torch.version, cu121.payload_name, cu121.labels["io.imagefactory.bitsandbytes-library"]) == (
+        "2.4.1", "legacy", "libbitsandbytes_cuda121.so")
 
 
 def test_suffix_ids_and_their_meaning(matrix: Matrix) -> None:
-    t = resolve_target(matrix, "hopper-cu128-torch2.10")
-    assert t.torch.version == "2.10.0" and not t.is_default
+    t = resolve_target(matrix, "hopper-cu128-torch2.7-nvidia")
+    assert t.torch.version == "2.7.1" and t.flavor == "nvidia" and not t.is_default
     t = resolve_target(matrix, "hopper-cu130-nvidia")
     assert t.flavor == "nvidia" and t.nvcc == "base" and t.base.build.startswith("nvidia/cuda:13.0")
 
@@ -147,3 +159,12 @@ def test_select(matrix: Matrix) -> None:
         select_targets(matrix, "hopper-cu999*")
     with pytest.raises(RefusedTargetError):
         select_targets(matrix, "volta-cu130")
+
+
+def test_arm64_only_where_the_machines_are_grace_and_pypi_has_the_cuda_torch_for_aarch64(matrix: Matrix) -> None:
+    by_id = expand(matrix).by_id()
+    assert by_id["hopper-cu130"].platforms == ("linux/amd64", "linux/arm64")  # GH200; torch 2.14.1 aarch64 is cu130
+    assert by_id["blackwell-cu130"].platforms == ("linux/amd64", "linux/arm64")  # GB200
+    assert by_id["ampere-cu130"].platforms == ("linux/amd64",)  # no Grace machine with an Ampere GPU
+    assert by_id["hopper-cu128"].platforms == ("linux/amd64",)  # torch 2.10.0's aarch64 wheel is a CPU build
+    assert by_id["hopper-cu130"].labels["io.imagefactory.platforms"] == "linux/amd64,linux/arm64"

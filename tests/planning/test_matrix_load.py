@@ -72,26 +72,31 @@ def test_unknown_toolkit_reference(parse, matrix_text: str) -> None:
 
 
 def test_unknown_arch_in_cells(parse, matrix_text: str) -> None:
-    text = matrix_text.replace("- {arch: hopper, toolkit: cu130, flavor: nvidia}", "- {arch: hoper, toolkit: cu130}")
+    text = matrix_text.replace('- {arch: hopper, toolkit: cu128, torch: "2.7.1"}', "- {arch: hoper, toolkit: cu130}")
     problems = _problems(parse, text)
     assert any("cells.extra[0].arch: unknown arch 'hoper' (did you mean 'hopper'?)" in p for p in problems)
 
 
 def test_duplicate_target_id(parse, matrix_text: str) -> None:
-    text = matrix_text.replace("    - {arch: hopper, toolkit: cu130, flavor: nvidia}",
-                               "    - {arch: hopper, toolkit: cu130, flavor: nvidia}\n"
-                               "    - {arch: hopper, toolkit: cu130, flavor: nvidia}")
+    text = matrix_text.replace('    - {arch: hopper, toolkit: cu128, torch: "2.7.1"}',
+                               '    - {arch: hopper, toolkit: cu128, torch: "2.7.1"}\n'
+                               '    - {arch: hopper, toolkit: cu128, torch: "2.7.1"}')
     problems = _problems(parse, text)
-    assert any("cells.extra[1]: duplicate target id 'hopper-cu130-nvidia'" in p for p in problems), problems
+    assert any("cells.extra[1]: duplicate target id 'hopper-cu128-torch2.7-nvidia'" in p for p in problems), problems
+
+
+def test_extra_cell_equal_to_an_expanded_flavor_is_a_duplicate(parse, matrix_text: str) -> None:
+    text = matrix_text.replace('- {arch: hopper, toolkit: cu128, torch: "2.7.1"}', "- {arch: hopper, toolkit: cu130, flavor: nvidia}")
+    assert any("duplicate target id 'hopper-cu130-nvidia'" in p for p in _problems(parse, text))
 
 
 def test_extra_cell_equal_to_a_default_is_a_duplicate(parse, matrix_text: str) -> None:
-    text = matrix_text.replace("- {arch: hopper, toolkit: cu130, flavor: nvidia}", "- {arch: hopper, toolkit: cu130}")
+    text = matrix_text.replace('- {arch: hopper, toolkit: cu128, torch: "2.7.1"}', "- {arch: hopper, toolkit: cu130}")
     assert any("duplicate target id 'hopper-cu130'" in p for p in _problems(parse, text))
 
 
 def test_refused_extra_cell_names_the_rule(parse, matrix_text: str) -> None:
-    text = matrix_text.replace("- {arch: hopper, toolkit: cu130, flavor: nvidia}", "- {arch: volta, toolkit: cu130}")
+    text = matrix_text.replace('- {arch: hopper, toolkit: cu128, torch: "2.7.1"}', "- {arch: volta, toolkit: cu130}")
     problems = _problems(parse, text)
     assert any("cells.extra[0]: refused by rule sm-dropped" in p for p in problems), problems
 
@@ -144,3 +149,11 @@ def test_missing_file_is_a_config_error(tmp_path) -> None:
     with pytest.raises(ConfigError) as info:
         load_matrix(tmp_path / "nope.yaml")
     assert "no such file" in info.value.problems[0]
+
+
+def test_platforms_are_checked_and_an_arch_without_a_torch_for_them_is_refused(parse, matrix_text: str) -> None:
+    bad = matrix_text.replace("    platforms: [linux/amd64, linux/arm64]\n    description: H100", "    platforms: [linux/arm32]\n    description: H100")
+    assert any("arches.hopper.platforms[0]: must be one of linux/amd64, linux/arm64" in p for p in _problems(parse, bad))
+    arm_only = matrix_text.replace("    platforms: [linux/amd64, linux/arm64]\n    description: H100", "    platforms: [linux/arm64]\n    description: H100")
+    problems = _problems(parse, arm_only)  # cells.extra pins hopper-cu128 at torch 2.7.1: amd64 only
+    assert any("refused by rule platform" in p for p in problems), problems

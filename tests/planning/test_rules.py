@@ -32,8 +32,9 @@ def rules_of(m: Matrix, *args: str | None) -> list[str]:
         ("hopper", "cu128", "2.14.1", "nvidia", "torch-toolkit"),
         ("hopper", "cu121", "2.6.0", "nvidia", "torch-toolkit"),  # 2.6 dropped 12.1
         # slim cannot compile bitsandbytes on CUDA 12.x
-        ("ampere", "cu121", "2.5.1", "slim", "slim-nvcc"),
-        ("ampere", "cu121", "2.5.1", "nvidia", None),  # compiles (Unsloth's pins need torch >= 2.10: a note, no refusal)
+        ("ampere", "cu121", "2.5.1", "slim", "flavor-torch"),  # 2.5.1's PyPI build is cu124
+        ("ampere", "cu121", "2.4.1", "slim", None),  # PyPI's 2.4.1 is cu121: slim, with the wheel's library
+        ("ampere", "cu121", "2.5.1", "nvidia", None),  # compiles (Unsloth's pins need torch >= 2.10: a note)
         ("hopper", "cu130", "2.14.1", "slim", None),  # CUDA 13: nvcc from PyPI
         # ROCm arch x ROCm version
         ("cdna4", "rocm6.4", "2.9.1", "rocm", "rocm-arch"),

@@ -32,6 +32,7 @@ def fake_target(target_id: str, sms: tuple[str, ...], cuda: str, floor: str, tor
         torch=SimpleNamespace(version=torch),
         python="3.11",
         flavor=flavor,
+        platforms=("linux/amd64",),
     )
 
 

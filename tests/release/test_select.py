@@ -199,3 +199,56 @@ def test_registry_tag_list_pages_and_anonymous_token() -> None:
         server.shutdown()
     assert tags == ["a-cu130", "a-cu130-latest", "b-cu130"]
     assert [path.split("?")[0] for path in seen] == ["/v2/org/if/tags/list", "/token", "/v2/org/if/tags/list", "/v2/org/if/tags/list"]
+
+
+GATED_FILE = [
+    {"id": "hopper-cu130", "sms": ["9.0"], "toolkit": {"kind": "cuda", "version": "13.0", "driver_floor": "580"},
+     "torch": "2.14.1", "tags": ["hopper-cu130"], "gated": {"mode": "cpu", "where": "x86_64 build host", "date": "2026-12-01"}},
+    {"id": "hopper-cu128", "sms": ["9.0"], "toolkit": {"kind": "cuda", "version": "12.8", "driver_floor": "570"},
+     "torch": "2.10.0", "tags": ["hopper-cu128"], "gated": None},
+    {"id": "hopper-cu121", "sms": ["9.0"], "toolkit": {"kind": "cuda", "version": "12.1", "driver_floor": "525"},
+     "torch": "2.4.1", "tags": ["hopper-cu121"], "gated": {"mode": "cpu", "where": "x86_64 build host", "date": "2026-12-01"}},
+]
+
+
+def test_a_gated_target_wins_over_a_newer_torch_that_was_not_gated() -> None:
+    decision = choose(candidates_from_json(GATED_FILE, "t.json"), "9.0", "570.86")
+    assert isinstance(decision, Choice) and decision.candidate.target_id == "hopper-cu121"
+    assert "gated: CPU gate, x86_64 build host, 2026-12-01" in decision.reason
+
+
+def test_select_says_when_it_recommends_an_image_nobody_gated() -> None:
+    only_ungated = [dict(e, gated=None) for e in GATED_FILE]
+    decision = choose(candidates_from_json(only_ungated, "t.json"), "9.0", "570.86")
+    assert isinstance(decision, Choice) and decision.candidate.target_id == "hopper-cu128"
+    assert "NOT GATED" in decision.reason
+
+
+def test_a_tag_list_cannot_say_whether_an_image_was_gated() -> None:
+    decision = choose(candidates_from_tags(TAGS), "9.0", "580.1")
+    assert isinstance(decision, Choice) and "gating unknown" in decision.reason
+
+
+@pytest.mark.parametrize("bad", ["yes", {"mode": "cpu"}, ["cpu"]])
+def test_a_malformed_gated_entry_is_bad_input(tmp_path, bad) -> None:
+    tags_file = tmp_path / "tags.json"
+    tags_file.write_text(json.dumps([dict(GATED_FILE[0], gated=bad)]))
+    assert main(["--tags-file", str(tags_file), "--gpu-sm", "9.0", "--driver", "580.1"]) == 2
+
+
+def test_control_characters_in_gated_where_never_reach_the_terminal() -> None:
+    hostile = [dict(GATED_FILE[0], gated={"mode": "cpu", "where": "host\x1b[2J\nrm -rf", "date": "2026-12-01"})]
+    decision = choose(candidates_from_json(hostile, "t.json"), "9.0", "580.1")
+    assert isinstance(decision, Choice) and "\x1b" not in decision.reason and "\n" not in decision.reason
+
+
+def test_an_arm64_machine_gets_an_image_built_for_arm64() -> None:
+    entries = [dict(e, platforms=["linux/amd64"]) for e in GATED_FILE]
+    entries[0]["platforms"] = ["linux/amd64", "linux/arm64"]  # hopper-cu130: GH200 too
+    decision = choose(candidates_from_json(entries, "t.json"), "9.0", "580.1", "linux/arm64")
+    assert isinstance(decision, Choice) and decision.candidate.target_id == "hopper-cu130"
+    assert "platform: linux/arm64" in decision.reason
+    refused = choose(candidates_from_json(entries, "t.json"), "9.0", "570.1", "linux/arm64")
+    assert isinstance(refused, Refusal) and "driver 570.1 is too old" in refused.reason
+    nothing = choose(candidates_from_json(entries[1:], "t.json"), "9.0", "580.1", "linux/arm64")
+    assert isinstance(nothing, Refusal) and "no image is built for linux/arm64" in nothing.reason
