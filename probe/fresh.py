@@ -80,7 +80,7 @@ def _compiler() -> str | None:
 def _on_cpu(sm: int, numbers: dict[str, Any]) -> Check:
     from probe import warm  # noqa: PLC0415
 
-    image_cache = warm.cache_dir()
+    image_cache = warm.baked_cache_dir()  # the build's cache (in a pod image TRITON_CACHE_DIR is the writable layer)
     stub = warm.stub_dir_for(image_cache)
     if not (stub / "libcuda.so.1").exists():
         return failed(NAME, f"{image_cache} holds no {warm.STUB_DIR}/libcuda.so.1: cannot build host modules "
@@ -128,7 +128,7 @@ def _on_cpu(sm: int, numbers: dict[str, Any]) -> Check:
 def _on_gpu(torch: Any, numbers: dict[str, Any]) -> Check:
     from probe import warm  # noqa: PLC0415
 
-    image_cache = warm.cache_dir()
+    image_cache = warm.baked_cache_dir()  # the build's cache (in a pod image TRITON_CACHE_DIR is the writable layer)
     with tempfile.TemporaryDirectory(prefix="probe-fresh-") as tmp:
         scratch = Path(tmp) / "cache"
         if image_cache.is_dir():

@@ -47,7 +47,8 @@ def warm_main(args: argparse.Namespace, sms: list[int]) -> int:
         return 1
     from probe import unsloth_warm  # noqa: PLC0415
 
-    root = Path(warm.cache_dir(args.cache_dir))
+    # --check replays the build's cache: in a pod image that is the baked one (TRITON_CACHE_DIR is the writable layer)
+    root = Path(args.cache_dir) if args.cache_dir else warm.baked_cache_dir() if args.check else warm.cache_dir()
     say = None if args.json else (lambda line: print(line, flush=True))
     results: list[dict[str, Any]] = []
     for sm in sms:
