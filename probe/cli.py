@@ -43,7 +43,8 @@ def _warm_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m probe warm", description="Compile the project's Triton kernels and launchers for "
                 "the given SMs into TRITON_CACHE_DIR, with no GPU.")
     p.add_argument("--sm", required=True, help="SM list: 90 or 9.0 or 90,89")
-    p.add_argument("--cache-dir", help="cache directory (default: $TRITON_CACHE_DIR, else ~/.triton/cache; with --check the image's baked cache, $IMAGEFACTORY_TRITON_BAKED_CACHE, first)")
+    p.add_argument("--cache-dir", help="cache directory (default: $TRITON_CACHE_DIR, else ~/.triton/cache; with "
+                                       "--check the image's baked cache, $IMAGEFACTORY_TRITON_BAKED_CACHE, first)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--workload", choices=["unsloth"], help="also compile the Triton kernels the installed Unsloth "
                    "launches for the declared model shapes (docs/probe.md, 'Warming for Unsloth')")
