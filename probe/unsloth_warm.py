@@ -40,6 +40,7 @@ ACT_KERNELS = {"swiglu": ("_fg_kernel", "_DWf_DW_dfg_kernel"),
                "geglu": ("_approx_forward_kernel", "_approx_backward_kernel", "_exact_forward_kernel",
                          "_exact_backward_kernel")}
 QK_NORM_KERNELS = ("_qk_norm_rope_forward", "_qk_norm_rope_backward")
+GEMMA_NORM_FORWARD = "_gemma_rms_layernorm_forward"
 # tokens per step: Triton specialises i32 arguments on divisibility by 16, and the kernels take the token count
 # times constants (split counts, widths): cover every power of two dividing it below 16 (1001: 2^0 ... 1024: 2^10)
 TOKEN_COUNTS = (1024, 1000, 1004, 1002, 1001)
@@ -430,6 +431,8 @@ def plan(shape: ModelShape) -> list[tuple[str, int]]:
 
 def expected_kernels(shape: ModelShape) -> set[str]:
     names = set(CORE_KERNELS) | set(ACT_KERNELS[shape.act])
+    if shape.gemma_norm:  # Gemma's (1 + weight) RMSNorm has its own forward kernel; the backward is shared
+        names = (names - {"_rms_layernorm_forward"}) | {GEMMA_NORM_FORWARD}
     if shape.qk_norm:
         names |= set(QK_NORM_KERNELS)
     return names

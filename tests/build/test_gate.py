@@ -96,7 +96,7 @@ def test_regating_a_seal_gates_its_candidate(fake_docker, hopper, tmp_path):
     seal = json.dumps([{"Id": SEALED, "Config": {"Labels": {**HOPPER_LABELS, GATE_IMAGE_LABEL: IMAGE}}, "RootFS": layers}])
     candidate = json.dumps([{"Id": IMAGE, "Config": {"Labels": HOPPER_LABELS}, "RootFS": layers}])
     client = DockerClient(str(fake_docker(
-        f"*probe\\ smoke*|*probe\\ fresh-kernel*|*probe\\ --json*) echo '{probe_report('pass')}' ;;\n"
+        f"*probe\\ smoke*|*probe\\ fresh-kernel*|*probe\\ workload*|*probe\\ --json*) echo '{probe_report('pass')}' ;;\n"
         f"image\\ inspect\\ --\\ {IMAGE}) echo '{candidate}' ;;\n"
         f"image\\ inspect\\ *) echo '{seal}' ;;\n"
         f'build\\ -q*) echo {"sha256:" + "ef" * 32} > "$6" ;;\n'
@@ -199,13 +199,14 @@ def test_gate_hands_an_amd_target_rocm_device_nodes_not_nvidia_gpus(fake_docker,
 
 
 def test_what_the_gate_runs_in_the_image(fake_docker, hopper, tmp_path):
-    """The probe, the smoke suite, then a kernel no cache holds (hopper-cu130 has a warm cache; its workload is
-    not proven yet), each the image's own `python -m probe`, with no network."""
+    """The probe, the smoke suite, a kernel no cache holds (hopper-cu130 has a warm cache), then the workload
+    (matrix.yaml's workload.prove), each the image's own `python -m probe`, with no network."""
     client = gate_docker(fake_docker, "pass")
     gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path, gpus=False)
     runs = [c for c in fake_docker.log.read_text().splitlines() if c.startswith("run")]
     assert [r.split(f"{IMAGE} ", 1)[1] for r in runs] == ["python -m probe --json --expect target=hopper-cu130", "python -m probe smoke --json",
-                                                              "python -m probe fresh-kernel --json"]
+                                                              "python -m probe fresh-kernel --json",
+                                                              "python -m probe workload --json"]
     assert all(r.startswith("run --rm --name imagefactory-") and " --network none " in r for r in runs)
 
 
@@ -238,7 +239,7 @@ DETECTABLE = 'buildx\\ version) echo "buildx v0.12" ;;\nversion\\ *) echo 20.10.
 def cli_docker(fake_docker, probe_status: str) -> str:
     inspect = inspect_answer(HOPPER_LABELS)
     return str(fake_docker(DETECTABLE +
-        f"*probe\\ smoke*|*probe\\ fresh-kernel*) echo '{probe_report('pass')}' ;;\n"
+        f"*probe\\ smoke*|*probe\\ fresh-kernel*|*probe\\ workload*) echo '{probe_report('pass')}' ;;\n"
         f"*probe\\ --json*) echo '{probe_report(probe_status)}'; exit {int(probe_status == 'fail')} ;;\n"
         f"image\\ inspect\\ --\\ {IMAGE}) echo '{inspect}' ;;\n"
         "image\\ inspect\\ *) echo '[]'; exit 1 ;;\n"
