@@ -355,6 +355,9 @@ def _check_on_disk(report: WarmReport, root: Path) -> None:
     """Every kernel must be on disk for this SM: a replay that found nothing to do could also have reused
     kernels compiled in memory for another SM (what triton 3.0/3.1 did before `_forget_compiled_kernels`)."""
     on_disk = cached_arches(root).get(report.sm, 0)
+    baked = os.environ.get(BAKED_CACHE_ENV)  # a pod image layers the writable cache over the baked one
+    if baked and Path(baked) != root:
+        on_disk += cached_arches(Path(baked)).get(report.sm, 0)
     if report.error is None and on_disk < len(report.kernels):
         report.error = f"{root} holds {on_disk} compiled kernel(s) for sm_{report.sm}, the probe has {len(report.kernels)}"
 
