@@ -75,7 +75,9 @@ def test_gate_passed_and_tagged(built, client):
     assert done.returncode == 0, done.stderr[-3000:]
     gate = json.loads((REPO_ROOT / "reports" / target.id / "gate.json").read_text())
     assert gate["result"] == "passed" and gate["image_id"] == image_id
-    assert image_inspect(client, f"{target.image_repo}:{target.id}")["Id"] == image_id
+    sealed = image_inspect(client, gate["sealed_image"])  # the tags go on the gate's seal of this image
+    assert sealed["Config"]["Labels"]["io.imagefactory.gate.image"] == image_id
+    assert image_inspect(client, f"{target.image_repo}:{target.id}")["Id"] == gate["sealed_image"]
 
 
 def test_torch_is_the_pypi_build_for_the_toolkit(built, client):
