@@ -87,10 +87,7 @@ def _on_cpu(sm: int, numbers: dict[str, Any]) -> Check:
                             f"for a fresh kernel without the warm step's stub", **numbers)
     numbers |= {"sm": sm, "image_cache": str(image_cache)}
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="probe-fresh-") as tmp:
-        scratch = Path(tmp) / "cache"
-        shutil.copytree(image_cache, scratch, symlinks=True)  # a first launch finds what the image has
-        previous = os.environ.get("TRITON_CACHE_DIR")
+    with warm.scratch_copy(image_cache, "probe-fresh-") as scratch:  # a first launch finds what the image has
         os.environ["TRITON_CACHE_DIR"] = str(scratch)
         warm._point_triton_at(scratch)
         before = warm.snapshot(scratch)
@@ -98,7 +95,7 @@ def _on_cpu(sm: int, numbers: dict[str, Any]) -> Check:
             import torch  # noqa: PLC0415
             from triton.backends.nvidia import driver as nvidia  # noqa: PLC0415
 
-            kernel, _ = _load_kernel(Path(tmp))
+            kernel, _ = _load_kernel(scratch.parent)
             x = torch.zeros(256, dtype=torch.float32)
             y = torch.zeros(256, dtype=torch.float32)
             with warm.stand_in_driver(sm, stub), warm.compile_events() as events:
@@ -110,9 +107,6 @@ def _on_cpu(sm: int, numbers: dict[str, Any]) -> Check:
         except Exception as exc:
             return failed(NAME, f"a kernel not in the cache cannot be compiled and prepared for launch on sm_{sm}: "
                                 f"{one_line(exc)}", **numbers)
-        finally:
-            os.environ["TRITON_CACHE_DIR"] = previous or str(image_cache)
-            warm._point_triton_at(Path(previous or image_cache))
         new = warm.written(before, warm.snapshot(scratch))
     cubins = [f for f in new if f.endswith(".cubin")]
     numbers |= {"compiles": sum(not e["cache_hit"] for e in events), "new_files": len(new),

@@ -647,24 +647,14 @@ def warm_workload(sm: int, root: Path, shapes: list[ModelShape], *, stub_from: P
 def check_workload(sm: int, root: Path, shapes: list[ModelShape],
                    progress: Callable[[str], None] | None = None) -> WorkloadWarmReport:
     """Replay the warm-up against a copy of the cache: every kernel and module must be a hit, nothing written."""
-    import shutil  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
     from probe import warm  # noqa: PLC0415
 
     if not (warm.stub_dir_for(root) / "libcuda.so.1").exists():
         report = WorkloadWarmReport(sm=sm, cache_dir=str(root))
         report.error = f"{root} holds no {warm.STUB_DIR}/libcuda.so.1: it was not warmed by `python -m probe warm`"
         return report
-    with tempfile.TemporaryDirectory(prefix="probe-workload-cache-") as tmp:
-        copy = Path(tmp) / "cache"
-        shutil.copytree(root, copy)
-        previous = os.environ.get("TRITON_CACHE_DIR")
-        try:
-            report = warm_workload(sm, copy, shapes, stub_from=root, progress=progress)
-        finally:
-            os.environ["TRITON_CACHE_DIR"] = previous or str(root)
-            warm._point_triton_at(Path(previous or root))
+    with warm.scratch_copy(root, "probe-workload-cache-") as copy:
+        report = warm_workload(sm, copy, shapes, stub_from=root, progress=progress)
     report.cache_dir = str(root)
     if report.error is None:
         misses = sorted({f"{k['name']} ({k['shape']})" for k in report.kernels if not k["cache_hit"]})

@@ -331,22 +331,30 @@ def _point_triton_at(root: Path) -> None:
         pass
 
 
+@contextlib.contextmanager
+def scratch_copy(root: Path, prefix: str) -> Iterator[Path]:
+    """A throw-away copy of a cache to replay or compile into (the original is never written); afterwards
+    TRITON_CACHE_DIR and triton's own cache pointer are what they were before (or `root`)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        copy = Path(tmp) / "cache"
+        shutil.copytree(root, copy, symlinks=True)
+        previous = os.environ.get("TRITON_CACHE_DIR")
+        try:
+            yield copy
+        finally:
+            os.environ["TRITON_CACHE_DIR"] = previous or str(root)
+            _point_triton_at(Path(previous or root))
+
+
 def verify_warm_cache(sm: int, root: Path) -> WarmReport:
     """Replay the warm-up against a copy of the cache: every kernel and module must be found, nothing written."""
     if not (stub_dir_for(root) / "libcuda.so.1").exists():
         report = WarmReport(sm=sm, cache_dir=str(root))
         report.error = f"{root} holds no {STUB_DIR}/libcuda.so.1: it was not warmed by `python -m probe warm`"
         return report
-    with tempfile.TemporaryDirectory(prefix="probe-cache-") as tmp:
-        copy = Path(tmp) / "cache"
-        shutil.copytree(root, copy)
-        previous = os.environ.get("TRITON_CACHE_DIR")
-        try:
-            report = warm(sm, copy, stub_from=root)
-        finally:
-            os.environ["TRITON_CACHE_DIR"] = previous or str(root)
-            _point_triton_at(Path(previous or root))
-        report.cache_dir = str(root)
+    with scratch_copy(root, "probe-cache-") as copy:
+        report = warm(sm, copy, stub_from=root)
+    report.cache_dir = str(root)
     _check_on_disk(report, root)
     return report
 
