@@ -25,6 +25,7 @@ import jinja2
 
 from imagefactory.errors import ImageFactoryError, TemplateError
 from imagefactory.plan.model import Target, bnb_library_name
+from imagefactory.plan.venv_layers import LAYERS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE_DIR = REPO_ROOT / "templates"
@@ -59,8 +60,8 @@ def docker_quote(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
 
 
-# Functions templates may call besides reading `target`; add here, never compute in templates.
-TEMPLATE_GLOBALS: dict[str, Callable[..., Any]] = {"bnb_library": bnb_library}
+# Functions and facts templates may use besides `target`; add here, never compute in templates.
+TEMPLATE_GLOBALS: dict[str, Any] = {"bnb_library": bnb_library, "venv_layers": LAYERS}
 # How values are quoted where they land: `sh` inside RUN lines, `docker` for ENV and LABEL values.
 TEMPLATE_FILTERS: dict[str, Callable[..., Any]] = {"sh": shell_quote, "docker": docker_quote}
 

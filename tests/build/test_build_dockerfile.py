@@ -13,6 +13,7 @@ import pytest
 
 from imagefactory.plan.expand import all_targets
 from imagefactory.plan.render import render_target
+from imagefactory.plan.venv_layers import LAYERS
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,8 @@ def stages(text: str) -> dict[str, list[str]]:
 def test_every_target_renders_the_same_stages(rendered):
     for target_id, (target, text) in rendered.items():
         names = list(stages(text))
-        expected = ["build-os", "venv", "bnb", "payload", *(["warm"] if target.warm_triton_cache else []), "jupyter",
-                    "runtime"]
+        expected = ["build-os", "venv", "bnb", "payload", *(["warm"] if target.warm_triton_cache else []), "venv-layers",
+                    "jupyter", "runtime"]
         assert names == expected, target_id
         # a parser directive (`# syntax=…`) would make BuildKit pull a frontend image: none may appear
         assert not any(re.match(r"#\s*syntax\s*=", line) for line in text.splitlines()), target_id
@@ -50,9 +51,11 @@ def test_every_target_renders_the_same_stages(rendered):
 def test_runtime_layers_put_probe_after_the_venv_and_run_nothing_after_it(rendered):
     for target_id, (_, text) in rendered.items():
         runtime = stages(text)["runtime"]
-        venv = runtime.index("COPY --from=payload /opt/venv /opt/venv")
+        copies = [runtime.index(f"COPY --from=venv-layers /layers/{name}/ /") for name in LAYERS]
         probe = runtime.index("COPY probe /opt/imagefactory/probe")
-        assert venv < probe, target_id
+        assert copies == sorted(copies) and copies[-1] < probe, target_id
+        assert runtime.index("COPY --from=jupyter /opt/jupyter /opt/jupyter") < copies[0], target_id
+        assert not any(i.startswith("COPY --from=payload /opt/venv") for i in runtime), target_id
         after = [i.split()[0] for i in runtime[probe + 1:]]
         assert set(after) <= {"COPY", "ENV", "ARG", "LABEL", "WORKDIR", "ENTRYPOINT"}, (target_id, after)
         # no USER: the entrypoint starts as root for sshd and /workspace, and runs the workload as uid 1000

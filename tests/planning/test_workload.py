@@ -44,13 +44,17 @@ def test_unsloth_is_in_every_target_its_pins_fit_with_its_version_declared(matri
         assert 'io.imagefactory.unsloth="2026.10.9"' in dockerfile
 
 
-def test_workload_is_installed_after_bitsandbytes_and_bytecode_compiled(matrix: Matrix) -> None:
+def test_workload_is_in_the_shared_venv_stage_and_the_targets_bitsandbytes_replaces_pypis(matrix: Matrix) -> None:
+    """Everything but bitsandbytes is installed (and compiled by source hash) before the per-target stage, so
+    every target of one toolkit + torch builds the same venv; the payload stage swaps in its own bitsandbytes."""
     text = render_target(resolve_target(matrix, "hopper-cu130"))
+    venv = text[text.index("FROM build-os AS venv"):text.index("FROM build-os AS bnb")]
     payload = text[text.index("FROM venv AS payload"):text.index("FROM payload AS warm")]
-    bnb, unsloth = payload.index("pip install /bnb/*.whl"), payload.index("unsloth==2026.10.9")
-    compiled = payload.index("compileall")
-    assert bnb < unsloth < compiled, "pip keeps the SM-specific bitsandbytes; bytecode covers the workload too"
-    assert "--invalidation-mode unchecked-hash" in payload
+    unsloth, pinned, compiled = venv.index("unsloth==2026.10.9"), venv.index("bitsandbytes==0.50.2"), venv.index("compileall")
+    assert unsloth < compiled and pinned < compiled and "--invalidation-mode unchecked-hash" in venv
+    assert "unsloth" not in payload
+    assert "pip install --no-index --no-deps --force-reinstall /bnb/*.whl" in payload
+    assert "--invalidation-mode unchecked-hash" in payload.split("pip install --no-index", 1)[1]
 
 
 def test_cells_the_pinned_set_does_not_fit_ship_without_it_and_rule_workload_says_why(matrix: Matrix, run_cli) -> None:
