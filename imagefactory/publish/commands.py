@@ -58,7 +58,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     report = GateReport.read(args.reports_dir / target.id / "gate.json")
     with log.step(f"push {target.id} to {repo}"):
         result = publish(tags, report, target, repo, LocalDocker(detect(args.docker)), Registry(repo),
-                         say=log.echo, allow_cpu_gate=args.allow_cpu_gate)
+                         say=log.echo, allow_cpu_gate=args.allow_cpu_gate, compression=args.compression)
     record = write_release_record(result, target.id, args.reports_dir)
     verb = "already published" if result.already_there else "published"
     print(f"{verb} {repo}:{tags.immutable} ({result.digest}); floating: {', '.join(tags.floating)}; record: {record}")

@@ -136,6 +136,9 @@ class DockerOps(Protocol):
     def push(self, ref: str) -> str: ...  # returns the pushed manifest digest
     def pull(self, ref: str) -> None: ...
     def read_file(self, image: str, path: str) -> bytes | None: ...  # None: no such file in the image
+    # zstd pushes (skopeo): the local image by ID to a registry ref; a registry tag to another, same digest
+    def push_compressed(self, image_id: str, ref: str, compression: str, plain_http: bool) -> str: ...
+    def copy_tag(self, source_ref: str, ref: str, plain_http: bool) -> str: ...
 
 
 class LocalDocker:
@@ -158,6 +161,18 @@ class LocalDocker:
 
     def read_file(self, image: str, path: str) -> bytes | None:
         return self._push_step(docker.read_file, image, path)
+
+    def push_compressed(self, image_id: str, ref: str, compression: str, plain_http: bool) -> str:
+        try:
+            return docker.copy_to_registry(image_id, ref, compression, plain_http=plain_http)
+        except docker.DockerCommandError as error:
+            raise PushFailedError(error.message) from None
+
+    def copy_tag(self, source_ref: str, ref: str, plain_http: bool) -> str:
+        try:
+            return docker.copy_tag(source_ref, ref, plain_http=plain_http)
+        except docker.DockerCommandError as error:
+            raise PushFailedError(error.message) from None
 
     def _push_step(self, operation: Callable[..., T], *args: Any) -> T:
         try:
@@ -202,8 +217,11 @@ def publish(
     registry: Registry,
     say: Callable[[str], None] = print,
     allow_cpu_gate: bool = False,
+    compression: str = "gzip",
 ) -> PushResult:
-    """Push one sealed image: immutable tag first (never overwritten), then the floating tags."""
+    """Push one sealed image: immutable tag first (never overwritten), then the floating tags. gzip layers go
+    through `docker push`; zstd layers through skopeo (docker.copy_to_registry), floating tags then copied
+    in the registry (same manifest, same digest)."""
     target_id = target.id
     if report.target_id != target_id:
         raise PushFailedError(f"gate report is for {report.target_id}, not {target_id}")
@@ -231,10 +249,14 @@ def publish(
         say(f"{immutable_ref} already holds this gated image ({remote.digest}); not pushed again")
         digest = remote.digest
         source = f"{repo}@{digest}"  # pulled below only if a floating tag must move
+    elif compression != "gzip":
+        say(f"pushing {immutable_ref} (immutable, {compression} layers)")
+        digest = docker.push_compressed(sealed.image_id, immutable_ref, compression, repo.plain_http)
     else:
         docker.tag(sealed.image_id, immutable_ref)
         say(f"pushing {immutable_ref} (immutable)")
         digest = docker.push(immutable_ref)
+    if remote is None:
         landed = registry.image(tags.immutable)
         if landed is None or landed.digest != digest:
             raise PushFailedError(
@@ -249,6 +271,12 @@ def publish(
         current = registry.image(tag)
         if current is not None and current.digest == digest:
             say(f"{ref} already at {digest}")
+            continue
+        if compression != "gzip":
+            say(f"moving {ref} → {digest}")
+            moved = docker.copy_tag(f"{repo}@{digest}", ref, repo.plain_http)
+            if moved != digest:
+                raise PushFailedError(f"{ref}: copied {moved}, expected {digest}; check the registry by hand")
             continue
         if not pulled:
             docker.pull(source)  # the local copy to move floating tags from (its layers are mostly local)

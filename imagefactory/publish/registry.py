@@ -57,9 +57,13 @@ class RepoRef:
         return f"{self.host}/{self.name}"
 
     @property
+    def plain_http(self) -> bool:
+        """A registry on this machine speaks http (Docker's insecure-by-default rule); others https."""
+        return self.host.split(":")[0] in ("127.0.0.1", "localhost")
+
+    @property
     def base_url(self) -> str:
-        scheme = "http" if self.host.split(":")[0] in ("127.0.0.1", "localhost") else "https"
-        return f"{scheme}://{self.host}/v2/{self.name}"
+        return f"{'http' if self.plain_http else 'https'}://{self.host}/v2/{self.name}"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ images: tags, refusal to overwrite, floating moves, a push failing midway, pull-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import tarfile
@@ -239,3 +240,58 @@ def test_probe_select_reads_the_registry_tag_list(tmp_path: Path, repo: RepoRef)
         docker("tag", image, f"{repo}:{tag}")
         docker("push", f"{repo}:{tag}")
     assert sorted(registry_tags(str(repo), page=2)) == sorted(tags)  # (docker-registry 2.8 sends one page)
+
+
+def zstd_push(tmp_path: Path, repo: RepoRef, image_id: str, release: str):
+    return publish(release_tags(hopper_target(), release), gate_report(tmp_path, image_id), hopper_target(), repo,
+                   LocalDocker(), Registry(repo), say=lambda _m: None, compression="zstd")
+
+
+def registry_json(repo: RepoRef, path: str) -> dict:
+    import urllib.request
+
+    accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+    request = urllib.request.Request(f"{repo.base_url}/{path}", headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def test_zstd_push_writes_zstd_layers_moves_floating_tags_and_pulls_back(tmp_path: Path, repo: RepoRef) -> None:
+    """push --compression zstd: skopeo recompresses each layer (OCI zstd media type); the floating tags are the
+    same manifest; the gate's labels ride along; the layers decompress to the image's own files."""
+    image = tiny_image(tmp_path, "z")
+    result = zstd_push(tmp_path, repo, image, "20261201")
+    manifest = registry_json(repo, f"manifests/{result.digest}")
+    assert [layer["mediaType"] for layer in manifest["layers"]] == ["application/vnd.oci.image.layer.v1.tar+zstd"]
+    registry = Registry(repo)
+    for tag in ("hopper-cu130-torch2.14.1-20261201", "hopper-cu130", "hopper-cu130-latest"):
+        remote = registry.image(tag)
+        assert remote is not None and remote.digest == result.digest, tag
+    assert registry.image("hopper-cu130").labels[GATE_IMAGE_LABEL] == image  # type: ignore[union-attr]
+    again = zstd_push(tmp_path, repo, image, "20261201")  # the same gated image: left as is
+    assert again.already_there and again.digest == result.digest
+    # Decompressed by skopeo (Debian's Docker 20.10 cannot pull zstd itself: "failed to register layer …
+    # unexpected EOF"; skopeo 1.9 cannot load zstd into a daemon): each layer must be the tar the config's
+    # diff ID names, holding the image's files.
+    back = tmp_path / "back"
+    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-decompress",
+                    f"docker://{repo}@{result.digest}", f"dir:{back}"], check=True, timeout=300, capture_output=True)
+    pulled = json.loads((back / "manifest.json").read_text())
+    config = json.loads((back / pulled["config"]["digest"].split(":")[1]).read_text())
+    assert config["config"]["Labels"][GATE_IMAGE_LABEL] == image
+    (diff_id,) = config["rootfs"]["diff_ids"]
+    layer = back / diff_id.split(":")[1]
+    assert "sha256:" + hashlib.sha256(layer.read_bytes()).hexdigest() == diff_id
+    with tarfile.open(layer) as tar:
+        sbom = tar.extractfile("./opt/imagefactory/sbom.cdx.json")
+        assert sbom is not None and json.loads(sbom.read())["content"] == "z"
+
+
+def test_zstd_push_without_skopeo_is_one_line_and_pushes_nothing(tmp_path: Path, repo: RepoRef, monkeypatch) -> None:
+    from imagefactory.build import docker as docker_adapter
+    from imagefactory.errors import DockerSetupError
+
+    monkeypatch.setattr(docker_adapter, "SKOPEO", "skopeo-not-installed")
+    with pytest.raises(DockerSetupError, match="needs skopeo"):
+        zstd_push(tmp_path, repo, tiny_image(tmp_path, "n"), "20261201")
+    assert Registry(repo).image("hopper-cu130-torch2.14.1-20261201") is None
