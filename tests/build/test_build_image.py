@@ -313,3 +313,22 @@ def test_no_layer_holds_the_ca_bundle_or_a_secret(client, built, tmp_path, targe
                     if b"BEGIN CERTIFICATE" in data and any(cert in data for cert in secret_certs):
                         leaks.append(f"{member.name}: {entry.name}")
     assert not leaks
+
+
+def test_venv_ships_in_the_planned_layers_with_fixed_times(client, built, site, target):
+    """imagefactory/plan/venv_layers.py: one layer per planned name, in plan order, none over 40% of the image,
+    the per-target one small; every file of the venv carries the plan's fixed time (the same bytes on every
+    builder)."""
+    from imagefactory.plan.venv_layers import LAYERS, VENV_EPOCH
+
+    rows = subprocess.run([client.executable, "history", "--no-trunc", "--human=false", "--format", "{{.Size}}|{{.CreatedBy}}",
+                           built.image_id], capture_output=True, text=True, check=True).stdout.splitlines()[::-1]
+    history = [(int(size), created) for size, created in (row.split("|", 1) for row in rows)]
+    layers = [(created.split("/layers/")[1].split("/")[0], size) for size, created in history if "/layers/" in created]
+    assert [name for name, _ in layers] == list(LAYERS)
+    total = sum(size for size, _ in history)
+    largest = max(size for _, size in layers)
+    assert largest <= 0.4 * total, f"largest venv layer {largest / 1e9:.2f} GB of {total / 1e9:.2f} GB"
+    assert dict(layers)["bitsandbytes"] < 50_000_000
+    times = in_image(client, built.image_id, f"find /opt/venv {site}/torch/lib -maxdepth 1 -printf '%T@\\n' | sort -u")
+    assert {float(t) for t in times.split()} == {float(VENV_EPOCH)}
