@@ -233,10 +233,11 @@ def test_warm_cache_holds_the_workload_kernels_for_the_declared_shapes(client, b
     """The replay of the workload warm-up hits every kernel and writes nothing (probe warm --check)."""
     if target.workload is None or not target.workload.prove:
         pytest.skip("matrix.yaml workload.prove is false: the workload warm step is not in this image yet")
-    done = subprocess.run([client.executable, "run", "--rm", "--network", "none", built.image_id, "python", "-m", "probe",
-                           "warm", "--sm", target.sm_codes[0], "--workload", target.workload.name, "--check"],
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for sm in target.sm_codes:  # every SM of the target: the warm step runs once per SM
+        done = subprocess.run([client.executable, "run", "--rm", "--network", "none", built.image_id, "python", "-m", "probe",
+                               "warm", "--sm", sm, "--workload", target.workload.name, "--check"],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, sm + ": " + done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def _cuobjdump() -> Path:

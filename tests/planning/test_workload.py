@@ -163,3 +163,14 @@ def test_show_names_the_workload_and_the_runtime_compiler(run_cli, matrix: Matri
     assert res.code == 0 and "unsloth 2026.10.9" in res.out and "gcc (triton builds" in res.out
     assert matrix.where("workload", "runtime_compiler_below_triton") in res.out
     assert "none needed" in run_cli("show", "hopper-cu130").out
+
+
+def test_the_workload_warm_step_runs_once_per_sm(matrix: Matrix) -> None:
+    """`probe warm --workload` takes one SM per process (it refuses `--sm 80,86`): multi-SM targets loop."""
+    proven = [t for t in all_targets(matrix) if t.workload and t.workload.prove and t.warm_triton_cache]
+    assert any(len(t.sm_codes) > 1 for t in proven)  # ampere: 80 and 86
+    for target in proven:
+        text = render_target(target)
+        step = text[text.index("--workload unsloth") - 400:text.index("--workload unsloth")]
+        assert f"for sm in {' '.join(target.sm_codes)}; do" in step and '--sm "$sm"' in step, target.id
+        assert not re.search(r"--sm \d+,\d+[^\n]*--workload", text), target.id
