@@ -25,6 +25,7 @@ from rich.table import Table
 from imagefactory import log
 from imagefactory.build import commands as build_commands
 from imagefactory.build import warm_pins
+from imagefactory.build.bootstrap import HOST_PLATFORM, PLATFORMS
 from imagefactory.build.docker import COMPRESSIONS
 from imagefactory.build.gate import REPORTS_DIR
 from imagefactory.errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, UsageError, did_you_mean
@@ -318,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="make the slim flavor's OS base images from Debian's mirror (mmdebstrap + docker import)")
     p.add_argument("--force", action="store_true", help="remake them even if they exist")
     p.add_argument("--mirror", help="Debian mirror URL (default: mmdebstrap's, deb.debian.org)")
+    p.add_argument("--platform", choices=sorted(PLATFORMS), default=HOST_PLATFORM,
+                   help="the bases' platform; linux/arm64 runs under QEMU user emulation, names end in -arm64 (default: linux/amd64)")
     p.set_defaults(func=build_commands.cmd_bootstrap)
 
     p = sub.add_parser("build", parents=[matrix, docker, release, reports, gpu],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from imagefactory import log
-from imagefactory.build.bootstrap import BASES, bootstrap
+from imagefactory.build.bootstrap import BASES, base_ref, bootstrap
 from imagefactory.build.docker import check_image_ref, detect
 from imagefactory.build.gate import candidate_for, gate_image, require_pass
 from imagefactory.build.images import BuildOptions, build_many, last_built_image
@@ -30,9 +30,10 @@ def _targets(args: argparse.Namespace) -> list[Target]:
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     client = detect(args.docker)
-    made = bootstrap(client, force=args.force, mirror=args.mirror)
+    made = bootstrap(client, force=args.force, mirror=args.mirror, platform=args.platform)
     for spec in BASES:
-        log.echo(f"{spec.ref}: {'made' if spec.ref in made else 'present'} ({spec.purpose})")
+        ref = base_ref(spec.ref, args.platform)
+        log.echo(f"{ref}: {'made' if ref in made else 'present'} ({spec.purpose}, {args.platform})")
     return 0
 
 

@@ -243,6 +243,21 @@ def import_rootfs(client: DockerClient, tarball: Path, ref: str, changes: Sequen
         raise DockerCommandError(f"importing {tarball} as {ref}: {error.message}") from None
 
 
+def build_rootfs_image(client: DockerClient, tarball: Path, ref: str, changes: Sequence[str], platform: str) -> None:
+    """An image of a root filesystem tarball labelled with `platform` (docker import cannot label one on 20.10):
+    BuildKit, `FROM scratch` + `ADD` (which unpacks the tar with owners and modes), in the tarball's folder."""
+    context = tarball.parent
+    dockerfile = context / "Dockerfile.rootfs"
+    dockerfile.write_text("FROM scratch\n" + f"ADD {tarball.name} /\n" + "".join(f"{line}\n" for line in changes), encoding="utf-8")
+    try:
+        run([*client.build_argv(), "--platform", platform, "--quiet", "-f", str(dockerfile), "-t", ref, str(context)],
+            env=client.build_env)
+    except CommandError as error:
+        raise DockerCommandError(f"making {ref} ({platform}) from {tarball}: {error.message}") from None
+    finally:
+        dockerfile.unlink(missing_ok=True)
+
+
 def host_has_gpus(vendor: str) -> bool:
     """True when the host shows GPUs of that vendor: nvidia-smi lists one (NVIDIA), or ROCm's kernel
     driver node /dev/kfd exists (AMD). Then the gate hands them to the container (gpu_run_args)."""

@@ -92,3 +92,83 @@ def test_bootstrap_skips_bases_that_exist(fake_docker):
 
     client = DockerClient(str(fake_docker("image\\ inspect\\ *) echo '[{\"Id\": \"sha256:1\"}]' ;;")), "classic", "20.10.24")
     assert bootstrap(client) == []
+
+
+def test_arm64_bases_are_named_by_platform_and_bootstrapped_for_arm64():
+    from pathlib import Path
+
+    from imagefactory.build.bootstrap import BASES, base_ref, mmdebstrap_argv
+    from imagefactory.errors import UsageError
+
+    assert base_ref("imagefactory/base:bookworm-build") == "imagefactory/base:bookworm-build"
+    assert base_ref("imagefactory/base:bookworm-build", "linux/arm64") == "imagefactory/base:bookworm-build-arm64"
+    argv = mmdebstrap_argv(BASES[1], Path("/tmp/rootfs.tar"), arch="arm64")
+    assert "--architectures=arm64" in argv and argv[-2:] == ["bookworm", "/tmp/rootfs.tar"]
+    assert not any(a.startswith("--arch") for a in mmdebstrap_argv(BASES[1], Path("/tmp/rootfs.tar")))
+    with pytest.raises(UsageError, match="linux/s390x"):
+        base_ref("imagefactory/base:bookworm", "linux/s390x")
+
+
+def test_arm64_bootstrap_without_emulation_says_what_is_missing(fake_docker, monkeypatch, tmp_path):
+    from imagefactory.build import bootstrap as bootstrap_module
+    from imagefactory.errors import BootstrapError
+
+    client = DockerClient(str(fake_docker("image\\ inspect\\ *) echo '[]'; exit 1 ;;")), "classic", "20.10.24")
+    fake_docker("exit 0", name="mmdebstrap")  # present, and never run: the emulation check comes first
+    monkeypatch.setenv("PATH", str(fake_docker.log.parent))
+    monkeypatch.setattr(bootstrap_module, "BINFMT_DIR", tmp_path)  # no qemu-aarch64 registered
+    with pytest.raises(BootstrapError, match="qemu-aarch64.*binfmt_misc") as info:
+        bootstrap_module.bootstrap(client, platform="linux/arm64")
+    assert info.value.exit_code == 2 and "imagefactory/base:bookworm-arm64" in info.value.message
+    (tmp_path / "qemu-aarch64").write_text("disabled\ninterpreter /usr/bin/qemu-aarch64-static\n")
+    with pytest.raises(BootstrapError, match="is disabled"):
+        bootstrap_module.bootstrap(client, platform="linux/arm64")
+    (tmp_path / "qemu-aarch64").write_text("enabled\ninterpreter /usr/bin/qemu-aarch64-static\n")
+    with pytest.raises(BootstrapError, match="arch-test"):
+        bootstrap_module.bootstrap(client, platform="linux/arm64")
+
+
+def test_bootstrap_refuses_an_unknown_platform_in_one_line(capsys):
+    assert cli_main(["bootstrap", "--platform", "linux/s390x"]) == 2
+    err = capsys.readouterr().err
+    assert "linux/s390x" in err and "Traceback" not in err
+
+
+@pytest.mark.docker
+def test_a_rootfs_becomes_an_image_labelled_with_its_platform(tmp_path):
+    """What bootstrap does for arm64 bases, with a real Docker: the image says linux/arm64 (docker import would
+    say the host's amd64 and BuildKit would then try to pull it), and holds the tarball's files and modes."""
+    import json
+    import subprocess
+    import tarfile
+
+    from imagefactory.build.docker import build_rootfs_image
+
+    try:
+        client = detect()
+    except DockerSetupError as error:
+        pytest.skip(f"no usable Docker: {error.message}")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text("ID=test\n")
+    (root / "tmp").mkdir(mode=0o1777)
+    (root / "tmp").chmod(0o1777)
+    tarball = tmp_path / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(root, arcname=".")
+    ref = f"imagefactory-test/rootfs-{tmp_path.name.lower()}:arm64"
+    build_rootfs_image(client, tarball, ref, ("ENV PATH=/usr/bin:/bin",), "linux/arm64")
+    try:
+        info = json.loads(subprocess.run([client.executable, "image", "inspect", ref], capture_output=True, text=True, check=True).stdout)[0]
+        assert (info["Os"], info["Architecture"]) == ("linux", "arm64")
+        assert info["Config"]["Env"] == ["PATH=/usr/bin:/bin"]
+        assert not (tmp_path / "Dockerfile.rootfs").exists()
+        saved = tmp_path / "image.tar"
+        subprocess.run([client.executable, "save", "-o", str(saved), ref], check=True)
+        with tarfile.open(saved) as outer:
+            (layer_name,) = [m.name for m in outer.getmembers() if m.name.endswith("layer.tar")]
+            with tarfile.open(fileobj=outer.extractfile(layer_name)) as layer:
+                assert layer.extractfile("etc/os-release").read() == b"ID=test\n"
+                assert layer.getmember("tmp").mode & 0o7777 == 0o1777
+    finally:
+        subprocess.run([client.executable, "rmi", "-f", ref], capture_output=True, check=False)
