@@ -75,12 +75,11 @@ def base_ref(ref: str, platform: str = HOST_PLATFORM) -> str:
 
 def emulation_problem(arch: str) -> str | None:
     """Why this host cannot run `arch` binaries for mmdebstrap (None: it can)."""
-    binfmt_dir = BINFMT_DIR
-    entry = binfmt_dir / EMULATORS[arch]
+    entry = BINFMT_DIR / EMULATORS[arch]
     try:
         enabled = entry.read_text(encoding="utf-8", errors="replace").splitlines()[:1] == ["enabled"]
     except OSError:
-        return (f"no {EMULATORS[arch]} in {binfmt_dir} (binfmt_misc): install Debian's qemu-user-static and mount "
+        return (f"no {EMULATORS[arch]} in {BINFMT_DIR} (binfmt_misc): install Debian's qemu-user-static and mount "
                 f"binfmt_misc (scripts/host-setup --arm64 does both)")
     if not enabled:
         return f"{entry} is disabled: echo 1 > {entry}"

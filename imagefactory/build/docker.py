@@ -351,41 +351,36 @@ def _skopeo() -> str:
     return found
 
 
+def _skopeo_copy(options: Sequence[str], source: str, dest: str, what: str) -> str:
+    """`skopeo copy OPTIONS SOURCE DEST`; the manifest digest the destination now holds (skopeo's --digestfile)."""
+    with tempfile.TemporaryDirectory(prefix="imagefactory-skopeo-") as scratch:
+        digest_file = Path(scratch) / "digest"
+        try:
+            run([_skopeo(), "copy", "--quiet", *options, "--digestfile", str(digest_file), source, dest])
+        except CommandError as error:
+            raise DockerCommandError(f"{what} failed: {error.message}") from None
+        digest = digest_file.read_text(encoding="ascii", errors="replace").strip() if digest_file.exists() else ""
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise DockerCommandError(f"{what}: skopeo reported no digest ({digest[:80]!r})")
+    return digest
+
+
 def copy_to_registry(image_id: str, ref: str, compression: str, *, plain_http: bool) -> str:
     """Push the local image `image_id` (a full sha256 ID) as `ref` with each layer recompressed as
     `compression`, through skopeo; return the manifest digest the registry now holds."""
     if compression not in COMPRESSIONS:
         raise UsageError(f"--compression {compression!r}: want one of {', '.join(COMPRESSIONS)}")
-    with tempfile.TemporaryDirectory(prefix="imagefactory-skopeo-") as scratch:
-        digest_file = Path(scratch) / "digest"
-        argv = [_skopeo(), "copy", "--quiet", f"--dest-tls-verify={'false' if plain_http else 'true'}",
-                "--dest-compress-format", compression, "--digestfile", str(digest_file),
-                f"docker-daemon:{image_id}", f"docker://{ref}"]
-        try:
-            with log.step(f"pushing {ref} ({compression} layers, skopeo)"):
-                run(argv)
-        except CommandError as error:
-            raise DockerCommandError(f"push of {ref} ({compression}) failed: {error.message}") from None
-        digest = digest_file.read_text(encoding="ascii", errors="replace").strip()
-    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-        raise DockerCommandError(f"push of {ref}: skopeo reported no digest ({digest[:80]!r})")
-    return digest
+    options = (f"--dest-tls-verify={'false' if plain_http else 'true'}", "--dest-compress-format", compression)
+    with log.step(f"pushing {ref} ({compression} layers, skopeo)"):
+        return _skopeo_copy(options, f"docker-daemon:{image_id}", f"docker://{ref}", f"push of {ref} ({compression})")
 
 
 def copy_tag(source_ref: str, ref: str, *, plain_http: bool) -> str:
     """Point the registry tag `ref` at the manifest `source_ref` names, byte for byte (no recompression);
     return its digest."""
-    with tempfile.TemporaryDirectory(prefix="imagefactory-skopeo-") as scratch:
-        digest_file = Path(scratch) / "digest"
-        verify = "false" if plain_http else "true"
-        argv = [_skopeo(), "copy", "--quiet", "--preserve-digests", f"--src-tls-verify={verify}",
-                f"--dest-tls-verify={verify}", "--digestfile", str(digest_file),
-                f"docker://{source_ref}", f"docker://{ref}"]
-        try:
-            run(argv)
-        except CommandError as error:
-            raise DockerCommandError(f"tagging {ref} failed: {error.message}") from None
-        return digest_file.read_text(encoding="ascii", errors="replace").strip()
+    verify = "false" if plain_http else "true"
+    options = ("--preserve-digests", f"--src-tls-verify={verify}", f"--dest-tls-verify={verify}")
+    return _skopeo_copy(options, f"docker://{source_ref}", f"docker://{ref}", f"tagging {ref}")
 
 
 def pull(client: DockerClient, ref: str) -> None:

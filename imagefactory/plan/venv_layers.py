@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ GROUPS: tuple[LayerGroup, ...] = (
     LayerGroup("bitsandbytes", 1, ("bitsandbytes", "bitsandbytes-*")),
 )
 LAYERS: tuple[str, ...] = tuple(name for group in GROUPS for name in group.layer_names())
+REST = next(group for group in GROUPS if not group.patterns)  # what no pattern claims
 
 
 def group_of(relative: str) -> LayerGroup:
@@ -66,7 +68,7 @@ def group_of(relative: str) -> LayerGroup:
         for group in GROUPS:
             if any(fnmatch.fnmatchcase(top, pattern) for pattern in group.patterns):
                 return group
-    return next(group for group in GROUPS if not group.patterns)
+    return REST
 
 
 def plan(entries: list[tuple[str, int]]) -> dict[str, str]:
@@ -98,7 +100,7 @@ def _walk(venv: str) -> tuple[list[tuple[str, int]], list[str]]:
             path = os.path.join(root, name)
             relative = os.path.relpath(path, venv)
             info = os.lstat(path)
-            if os.path.isdir(path) and not os.path.islink(path):
+            if stat.S_ISDIR(info.st_mode):  # lstat: a link to a directory is a link, kept as one
                 directories.append(relative)
             else:
                 files.append((relative, info.st_size))
@@ -110,7 +112,7 @@ def split(venv: str, out: str, epoch: int = VENV_EPOCH) -> dict[str, int]:
     directories above its files (same modes), and empty directories go with the python layer."""
     files, directories = _walk(venv)
     layer_of = plan(files)
-    fallback = next(group for group in GROUPS if not group.patterns).layer_names()[0]
+    fallback = REST.layer_names()[0]
     inside = VENV.strip("/")  # where the runtime image holds it, wherever the source is mounted
     sizes = dict.fromkeys(LAYERS, 0)
     made: dict[str, set] = {name: set() for name in LAYERS}
@@ -166,8 +168,7 @@ def main(argv: list[str]) -> int:
     if os.path.exists(out) and os.listdir(out):
         print(f"venv_layers.py: {out}: not empty; refusing to mix layers", file=sys.stderr)
         return 2
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", VENV_EPOCH))
-    sizes = split(venv, out, epoch)
+    sizes = split(venv, out)
     total = sum(sizes.values()) or 1
     for name in LAYERS:
         print(f"layer {name:<13} {sizes[name] / 1e6:9.1f} MB  {100 * sizes[name] / total:5.1f}%")

@@ -163,22 +163,21 @@ class LocalDocker:
         return self._push_step(docker.read_file, image, path)
 
     def push_compressed(self, image_id: str, ref: str, compression: str, plain_http: bool) -> str:
-        try:
-            return docker.copy_to_registry(image_id, ref, compression, plain_http=plain_http)
-        except docker.DockerCommandError as error:
-            raise PushFailedError(error.message) from None
+        return _as_push_failure(docker.copy_to_registry, image_id, ref, compression, plain_http=plain_http)
 
     def copy_tag(self, source_ref: str, ref: str, plain_http: bool) -> str:
-        try:
-            return docker.copy_tag(source_ref, ref, plain_http=plain_http)
-        except docker.DockerCommandError as error:
-            raise PushFailedError(error.message) from None
+        return _as_push_failure(docker.copy_tag, source_ref, ref, plain_http=plain_http)
 
     def _push_step(self, operation: Callable[..., T], *args: Any) -> T:
-        try:
-            return operation(self.client, *args)
-        except docker.DockerCommandError as error:
-            raise PushFailedError(error.message) from None
+        return _as_push_failure(operation, self.client, *args)
+
+
+def _as_push_failure(operation: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run one Docker/skopeo step of a push; its failure is a push failure (exit 7)."""
+    try:
+        return operation(*args, **kwargs)
+    except docker.DockerCommandError as error:
+        raise PushFailedError(error.message) from None
 
 
 def is_cyclonedx(data: bytes | None) -> bool:
