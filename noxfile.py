@@ -19,6 +19,17 @@ PY = sys.executable
 CLI = (PY, "-m", "imagefactory")
 
 
+def _cross_builds() -> list[tuple[str, str]]:
+    """(target id, platform) of every cross-built (arm64) image: sessions build-hopper-cu130-arm64, gate-…-arm64."""
+    try:
+        from imagefactory import all_targets, load_matrix
+        from imagefactory.plan.platforms import is_cross
+
+        return [(t.id, p) for t in all_targets(load_matrix("matrix.yaml")) for p in t.build_platforms if is_cross(p)]
+    except Exception:  # noqa: BLE001 - _target_ids already said why there are no sessions
+        return []
+
+
 def _target_ids() -> list[str]:
     """Target ids from matrix.yaml; a broken matrix yields none (the `render` session shows why)."""
     try:
@@ -27,7 +38,8 @@ def _target_ids() -> list[str]:
 
         try:
             matrix = load_matrix("matrix.yaml")
-            ids = [t.id for t in all_targets(matrix)]
+            targets = all_targets(matrix)
+            ids = [t.id for t in targets]
             _explain_unknown_sessions(matrix, ids)
             return ids
         except ImageFactoryError as exc:
@@ -73,7 +85,7 @@ def lint(session: nox.Session) -> None:
     session.run(PY, "-m", "mypy", external=True)
     session.run(*CLI, "render", "--check", external=True)
     session.run(*CLI, "docs", "--check", external=True)
-    files = sorted(str(p) for p in Path("dockerfiles").glob("*/Dockerfile"))
+    files = sorted(str(p) for p in Path("dockerfiles").glob("*/Dockerfile*"))
     hadolint = shutil.which("hadolint", path=str(Path(PY).parent)) or "hadolint"
     if files:
         session.run(hadolint, *files, external=True)
@@ -100,3 +112,9 @@ for _id in _target_ids():
     _cli_session(f"build-{_id}", f"Build the {_id} image and gate it (probe + smoke) before tagging.", "build", _id)
     _cli_session(f"gate-{_id}", f"Run the probe + smoke gate inside the built {_id} image.", "gate", _id)
     _cli_session(f"push-{_id}", f"Push the gated {_id} image with its floating and immutable tags.", "push", _id)
+for _id, _platform in _cross_builds():
+    _arch = _platform.split("/")[1]
+    _cli_session(f"build-{_id}-{_arch}", f"Build the {_platform} {_id} image here (QEMU) and gate it under emulation.",
+                 "build", _id, "--platform", _platform)
+    _cli_session(f"gate-{_id}-{_arch}", f"Run the gate inside the built {_platform} {_id} image (emulated, CPU mode).",
+                 "gate", _id, "--platform", _platform)

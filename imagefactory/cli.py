@@ -25,7 +25,6 @@ from rich.table import Table
 from imagefactory import log
 from imagefactory.build import commands as build_commands
 from imagefactory.build import warm_pins
-from imagefactory.build.bootstrap import HOST_PLATFORM, PLATFORMS
 from imagefactory.build.docker import COMPRESSIONS
 from imagefactory.build.gate import REPORTS_DIR
 from imagefactory.errors import ImageFactoryError, RefusedTargetError, RenderDriftError, UnknownTargetError, UsageError, did_you_mean
@@ -33,6 +32,7 @@ from imagefactory.plan import outputs, render, schema
 from imagefactory.plan.expand import all_targets, expand, flavors_for, id_matches, natural_dtype, pick, resolve_target, select_targets, torches_for
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.model import Matrix, Target
+from imagefactory.plan.platforms import HOST_PLATFORM, PLATFORMS
 from imagefactory.plan.rules import Candidate
 from imagefactory.plan.rules import explain as explain_rules
 from imagefactory.plan.workload import SHAPES_FILE, shapes_file
@@ -332,12 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CA bundle for TLS-intercepting proxies, passed as a BuildKit secret "
                         "(default: the host's when the image lacks its CAs)")
     p.add_argument("--quiet", action="store_true", help="log BuildKit output to DIR/<target>/build.log only; show progress")
+    p.add_argument("--platform", choices=sorted(PLATFORMS),
+                   help="build for this platform only (targets not built for it are skipped); linux/arm64 is cross-built "
+                        "here and gated under QEMU user emulation, tags end in -arm64 (default: each target's first platform, "
+                        "the host's where it has it)")
     p.set_defaults(func=build_commands.cmd_build)
 
     p = sub.add_parser("gate", parents=[matrix, docker, release, reports, gpu],
                        help="rerun the gate (probe + smoke in the image) on an existing image; tag it on a pass")
     p.add_argument("target")
     p.add_argument("--image", help="image ID or reference (default: the last build of the target, else <repo>:<target>)")
+    p.add_argument("--platform", choices=sorted(PLATFORMS),
+                   help="the image's platform (default: the target's first); linux/arm64 runs under QEMU user emulation")
     p.set_defaults(func=build_commands.cmd_gate)
 
     # publish: gated image -> registry; docs for the people who pull
@@ -351,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", choices=COMPRESSIONS, default="gzip",
                    help="layer compression: gzip (docker push; every client) or zstd (skopeo; Docker >= 23, "
                         "containerd >= 1.5: decompresses several times faster) (default: gzip)")
+    p.add_argument("--platform", action="append", choices=sorted(PLATFORMS),
+                   help="the platform's gated image (reports/<target>[-arm64]/gate.json); twice (linux/amd64 and linux/arm64): "
+                        "one image index of both under the same tags, each image also under <immutable>-<arch> "
+                        "(default: the target's first platform)")
     p.set_defaults(func=publish_commands.cmd_push)
 
     p = sub.add_parser("docs", parents=[matrix, docker],
@@ -372,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target")
     p.add_argument("--where", required=True, help="the machine, in plain words: 'x86_64 build host, no GPU'")
     p.add_argument("--file", type=Path, default=gated.GATED, help=f"the record (default: {gated.GATED})")
+    p.add_argument("--platform", choices=sorted(PLATFORMS),
+                   help="the gated image's platform (reports/<target>-arm64/ for linux/arm64; default: the target's first)")
     p.set_defaults(func=cmd_record_gate)
 
     p = sub.add_parser("warm-pins", parents=[matrix],
@@ -387,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_record_gate(args: argparse.Namespace) -> int:
     target = resolve_target(load_matrix(args.matrix), args.target)
-    print(gated.record_gate(target, args.where, args.reports_dir, args.file))
+    print(gated.record_gate(target, args.where, args.reports_dir, args.file, args.platform))
     return 0
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from imagefactory.errors import UsageError
 from imagefactory.plan.model import Target, immutable_tag
+from imagefactory.plan.platforms import HOST_PLATFORM, PLATFORMS, platform_suffix
 from probe import tags as grammar
 
 
@@ -45,14 +46,21 @@ def release_tags(target: Target, release: str) -> ReleaseTags:
     return ReleaseTags(immutable_tag(target, check_release(release)), tuple(target.tags))
 
 
-def gate_refs(target: Target, release: str) -> tuple[str, ...]:
-    """Full references a passing image gets locally: floating ones, then the immutable one."""
+def gate_refs(target: Target, release: str, platform: str = HOST_PLATFORM) -> tuple[str, ...]:
+    """Full references a passing image gets locally: floating ones, then the immutable one. A cross-built
+    platform's end in its suffix (`imagefactory:hopper-cu130-arm64`): Docker's store holds one platform per name."""
     tags = release_tags(target, release)
-    return tuple(f"{target.image_repo}:{tag}" for tag in (*tags.floating, tags.immutable))
+    suffix = platform_suffix(platform)
+    return tuple(f"{target.image_repo}:{tag}{suffix}" for tag in (*tags.floating, tags.immutable))
 
 
-def is_gate_ref(target: Target, ref: str) -> bool:
-    """Whether `ref` is one of this target's gate tags (floating, or immutable of any release)."""
+def is_gate_ref(target: Target, ref: str, platform: str = HOST_PLATFORM) -> bool:
+    """Whether `ref` is one of this target's gate tags for `platform` (floating, or immutable of any release)."""
+    suffix = platform_suffix(platform)
+    others = [platform_suffix(p) for p in PLATFORMS if platform_suffix(p) and p != platform]
+    if not ref.endswith(suffix) or any(ref.endswith(other) for other in others):
+        return False
+    ref = ref[: len(ref) - len(suffix)] if suffix else ref
     floating = {f"{target.image_repo}:{tag}" for tag in target.tags}
     prefix = f"{target.image_repo}:{grammar.immutable_prefix(target.id, target.torch.version)}"
     return ref in floating or ref.startswith(prefix)

@@ -134,6 +134,7 @@ class Candidate:
     floating_tags: tuple[str, ...] = ()
     immutable_tags: tuple[str, ...] = ()
     gated: str | None = None  # where its gate passed ("CPU gate, x86_64 build host, 2026-12-01"); "" not gated; None unknown
+    gated_platforms: tuple[str, ...] | None = None  # whose images passed (a tags file's gated.platforms); None: not stated
     platforms: tuple[str, ...] | None = None  # "linux/arm64", ...; None: not stated (a bare tag list)
 
     @property
@@ -283,6 +284,7 @@ def candidate_from_record(entry: object, where: str) -> Candidate:
         floating_tags=tuple(tag for tag in tags if not grammar.is_immutable(tag)),
         immutable_tags=tuple(tag for tag in tags if grammar.is_immutable(tag)),
         gated=_gated(entry, where) if "gated" in entry else None,
+        gated_platforms=_gated_platforms(entry, where),
         platforms=platforms,
     )
 
@@ -327,6 +329,17 @@ def _gated(entry: dict, where: str) -> str:
     return re.sub(r"[^\w ,.:;()/+=-]", "?", text)[:160]  # printed to a terminal: no control characters
 
 
+def _gated_platforms(entry: dict, where: str) -> tuple[str, ...] | None:
+    """`gated.platforms` of a supported-tags entry: whose images passed their gate (None: not stated: all)."""
+    value = entry.get("gated")
+    if not isinstance(value, dict) or "platforms" not in value:
+        return None
+    listed = value["platforms"]
+    if not isinstance(listed, list):
+        raise SelectError(f"{where}: 'gated.platforms' must be a list like [\"linux/amd64\"]")
+    return tuple(_text(p, PLATFORM_VALUE, "gated platform", where) for p in listed)
+
+
 def host_platform() -> str:
     """This machine's OCI platform: linux/arm64 on Grace (GH200, GB200), linux/amd64 on x86."""
     machine = platform.machine().lower()
@@ -356,9 +369,12 @@ def choose(candidates: list[Candidate], sm: str, driver: str, platform_: str = "
         )
     native = native_cuda(driver)
 
+    def gated_here(c: Candidate) -> bool:  # its image for this platform passed a gate
+        return bool(c.gated) and (c.gated_platforms is None or platform_ in c.gated_platforms)
+
     def rank(c: Candidate) -> tuple:
         is_native = bool(native and c.cuda and version_key(c.cuda) <= version_key(native))
-        return (bool(c.gated), version_key(c.torch or "0"), is_native, version_key(c.cuda or "0"), -len(c.target_id))
+        return (gated_here(c), version_key(c.torch or "0"), is_native, version_key(c.cuda or "0"), -len(c.target_id))
 
     best = max(fits, key=rank)
     parts = [f"arch match: SM {sm} is in {best.target_id}'s SMs ({', '.join(best.sms)})"]
@@ -367,8 +383,10 @@ def choose(candidates: list[Candidate], sm: str, driver: str, platform_: str = "
     parts.append(f"driver floor: {driver} ≥ {best.driver_floor} for CUDA {best.cuda}" + (f" (driver runs up to CUDA {native})" if native else ""))
     others = [c.target_id for c in fits if c is not best]
     parts.append(f"newest torch: {best.torch or 'unknown'}" + (f" (also fits: {', '.join(others)})" if others else ""))
-    if best.gated:
+    if gated_here(best):
         parts.append(f"gated: {best.gated}")
+    elif best.gated:
+        parts.append(f"NOT GATED for {platform_}: only its {', '.join(best.gated_platforms or ())} image passed a gate ({best.gated})")
     elif best.gated == "":
         parts.append("NOT GATED: no record that this target was built and passed its gate (docs/gated.json)")
     else:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from imagefactory import log
 from imagefactory.build.docker import DockerClient, build_rootfs_image, image_exists, import_rootfs
-from imagefactory.errors import BootstrapError, CommandError, UsageError
+from imagefactory.errors import BootstrapError, CommandError
+from imagefactory.plan.platforms import HOST_PLATFORM, base_ref, debian_arch
 from imagefactory.run import run
 
 SUITE = "bookworm"  # Debian 12: python3 is 3.11, the slim flavor's declared python
@@ -54,23 +55,8 @@ BASES: tuple[BaseSpec, ...] = (
 )
 
 
-# OCI platform -> Debian architecture. The host's (amd64) bases keep their plain names.
-PLATFORMS = {"linux/amd64": "amd64", "linux/arm64": "arm64"}
-HOST_PLATFORM = "linux/amd64"
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 EMULATORS = {"arm64": "qemu-aarch64"}  # the binfmt_misc entry that runs a Debian arch's binaries here
-
-
-def debian_arch(platform: str) -> str:
-    if platform not in PLATFORMS:
-        raise UsageError(f"--platform {platform!r}: want one of {', '.join(PLATFORMS)}")
-    return PLATFORMS[platform]
-
-
-def base_ref(ref: str, platform: str = HOST_PLATFORM) -> str:
-    """The local name of a base for a platform: `imagefactory/base:bookworm-build-arm64` for arm64."""
-    arch = debian_arch(platform)
-    return ref if platform == HOST_PLATFORM else f"{ref}-{arch}"
 
 
 def emulation_problem(arch: str) -> str | None:

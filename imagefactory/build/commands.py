@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 
 from imagefactory import log
-from imagefactory.build.bootstrap import BASES, base_ref, bootstrap
+from imagefactory.build.bootstrap import BASES, bootstrap
 from imagefactory.build.docker import check_image_ref, detect
-from imagefactory.build.gate import candidate_for, gate_image, require_pass
-from imagefactory.build.images import BuildOptions, build_many, last_built_image
+from imagefactory.build.gate import candidate_for, gate_image, report_id, require_pass
+from imagefactory.build.images import BuildOptions, build_many, last_built_image, platform_for, targets_for_platform
 from imagefactory.plan.expand import resolve_target, select_targets
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.model import Target
+from imagefactory.plan.platforms import base_ref
 from imagefactory.tags import release_or_today
 
 
@@ -49,6 +50,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         ca_bundle=args.ca_bundle,
         show_output=len(targets) == 1 and not args.quiet,
         reports_dir=args.reports_dir,
+        platform=args.platform,
     )
     results = build_many(client, targets, opts)
     for result in results:
@@ -60,13 +62,16 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_gate(args: argparse.Namespace) -> int:
     target = resolve_target(load_matrix(args.matrix), args.target)
     release = release_or_today(args.release)  # checked before any build: a bad one would fail only at tagging
+    targets_for_platform([target], args.platform)  # exit 2 when the target is not built for the platform asked
+    platform = platform_for(target, args.platform)
+    unit = report_id(target, platform)
     client = detect(args.docker)
-    image = args.image or last_built_image(target.id, args.reports_dir) or f"{target.image_repo}:{target.id}"
-    check_image_ref(image, "--image" if args.image else f"{args.reports_dir / target.id}/build.json image_id")
-    candidate = candidate_for(client, target, image)  # exists, and is an image of this target: else exit 2
-    with log.step(f"gate {target.id}"):
+    image = args.image or last_built_image(unit, args.reports_dir) or f"{target.image_repo}:{unit}"
+    check_image_ref(image, "--image" if args.image else f"{args.reports_dir / unit}/build.json image_id")
+    candidate = candidate_for(client, target, image, platform)  # exists, is an image of this target and platform: else exit 2
+    with log.step(f"gate {unit}"):
         gated = gate_image(client, target, candidate, release=release, require_gpu=args.require_gpu,
-                           reports_dir=args.reports_dir)
+                           reports_dir=args.reports_dir, platform=platform)
     require_pass(gated, args.reports_dir)
     log.echo(f"{target.id}: gate passed ({gated.mode} mode); tagged {', '.join(gated.tags)}")
     return 0

@@ -180,9 +180,13 @@ def build(
     network: str = "host",
     labels: Mapping[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
+    platform: str | None = None,
 ) -> Completed:
-    """One BuildKit build; the image ID lands in `iidfile` (no tag: tags come after the gate)."""
+    """One BuildKit build; the image ID lands in `iidfile` (no tag: tags come after the gate). `platform`: another
+    platform than the host's (its stages run under QEMU user emulation)."""
     argv = client.build_argv() + ["--network", network, "--progress", "plain", "--iidfile", str(iidfile), "-f", str(dockerfile)]
+    if platform is not None:
+        argv += ["--platform", platform]
     for key, value in build_args.items():
         argv += ["--build-arg", f"{key}={value}"]
     for key, path in secrets.items():
@@ -376,11 +380,29 @@ def copy_to_registry(image_id: str, ref: str, compression: str, *, plain_http: b
 
 
 def copy_tag(source_ref: str, ref: str, *, plain_http: bool) -> str:
-    """Point the registry tag `ref` at the manifest `source_ref` names, byte for byte (no recompression);
-    return its digest."""
+    """Point the registry tag `ref` at the manifest `source_ref` names, byte for byte (no recompression; an
+    image index with every image it lists); return its digest."""
     verify = "false" if plain_http else "true"
-    options = ("--preserve-digests", f"--src-tls-verify={verify}", f"--dest-tls-verify={verify}")
+    options = ("--all", "--preserve-digests", f"--src-tls-verify={verify}", f"--dest-tls-verify={verify}")
     return _skopeo_copy(options, f"docker://{source_ref}", f"docker://{ref}", f"tagging {ref}")
+
+
+def push_index(client: DockerClient, ref: str, images: Sequence[str], *, plain_http: bool) -> str:
+    """Make `ref` in the registry an image index of `images` (`repo@sha256:…` references already there, one per
+    platform; each entry's platform is read from the image's config) with `docker manifest` (it speaks the
+    registry with docker's own credentials); return the index's digest."""
+    insecure = ["--insecure"] if plain_http else []
+    env = {"DOCKER_CLI_EXPERIMENTAL": "enabled"}  # `docker manifest` is marked experimental up to Docker 20.10
+    run(client.argv("manifest", "rm", ref), env=env, capture=True, check=False)  # a local list left by a failed run
+    try:
+        run(client.argv("manifest", "create", *insecure, ref, *images), env=env, capture=True)
+        pushed = run(client.argv("manifest", "push", *insecure, "--purge", ref), env=env, capture=True)
+    except CommandError as error:
+        raise DockerCommandError(f"image index {ref}: {error.message}") from None
+    digest = pushed.stdout.strip().splitlines()[-1:] or [""]
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest[0]):
+        raise DockerCommandError(f"image index {ref}: docker manifest push reported no digest ({digest[0][:80]!r})")
+    return digest[0]
 
 
 def pull(client: DockerClient, ref: str) -> None:

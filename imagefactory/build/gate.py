@@ -37,6 +37,7 @@ from imagefactory.build.seal import GATE_IMAGE_LABEL, identity_problems, seal_la
 from imagefactory.errors import GateFailedError, UsageError
 from imagefactory.log import echo
 from imagefactory.plan.model import Target
+from imagefactory.plan.platforms import HOST_PLATFORM, debian_arch, is_cross, platform_suffix
 from imagefactory.run import CommandError
 from imagefactory.tags import gate_refs, is_gate_ref
 
@@ -70,6 +71,7 @@ class GateResult:
     tags: tuple[str, ...] = ()
     sealed_image: str | None = None  # the labelled child that carries the pass (what is tagged and pushed)
     finished: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    platform: str = HOST_PLATFORM  # linux/arm64: gated here under QEMU user emulation (CPU mode)
 
     @property
     def passed(self) -> bool:
@@ -87,10 +89,16 @@ class GateResult:
         return data
 
 
-def gate_tags(target: Target, release: str) -> tuple[str, ...]:
+def gate_tags(target: Target, release: str, platform: str = HOST_PLATFORM) -> tuple[str, ...]:
     """Full references this target's image gets on a pass: floating ones, then the immutable one
-    (the names push publishes; imagefactory.tags builds them)."""
-    return gate_refs(target, release)
+    (the names push publishes; imagefactory.tags builds them). `-arm64` at the end for linux/arm64."""
+    return gate_refs(target, release, platform)
+
+
+def report_id(target: Target, platform: str = HOST_PLATFORM) -> str:
+    """The folder under reports/ (and the lock) of one target's build and gate for a platform: `hopper-cu130`,
+    `hopper-cu130-arm64`."""
+    return target.id + platform_suffix(platform)
 
 
 def failing_checks(report: Any, status: str = "fail") -> list[str]:
@@ -150,7 +158,7 @@ def run_step(client: DockerClient, image_id: str, name: str, argv: tuple[str, ..
     return StepResult(name, argv, done.returncode, tuple(failing), report_name, tuple(failing_checks(report, "skip")))
 
 
-def candidate_for(client: DockerClient, target: Target, image: str) -> str:
+def candidate_for(client: DockerClient, target: Target, image: str, platform: str = HOST_PLATFORM) -> str:
     """The full ID of the image to gate for `target`: the reference must be one (not an option such as
     `--help`), the image must exist, and its identity labels must name this target (an ampere image is
     never gated, tagged or published as hopper). UsageError (exit 2) otherwise."""
@@ -166,6 +174,10 @@ def candidate_for(client: DockerClient, target: Target, image: str) -> str:
     problems = identity_problems(target, labels)
     if problems:
         raise UsageError(f"{target.id}: image {image[:40]} is not an image of {target.id}: {'; '.join(problems)}")
+    arch = str(info.get("Architecture") or debian_arch(platform))  # Docker always says; an older fake may not
+    if arch != debian_arch(platform):
+        raise UsageError(f"{target.id}: image {image[:40]} is linux/{arch[:20]}, not {platform}"
+                         f"{'' if is_cross(platform) else ' (an arm64 image: gate --platform linux/arm64)'}")
     return str(info["Id"])
 
 
@@ -178,26 +190,32 @@ def gate_image(
     require_gpu: bool = False,
     reports_dir: Path = REPORTS_DIR,
     gpus: bool | None = None,
+    platform: str = HOST_PLATFORM,
 ) -> GateResult:
     """Run the probe and the smoke suite in the image; on a pass seal it (a labelled child, see
     imagefactory.publish.push) and tag the seal. Never raises for a failing image: the result says what
     failed (the caller decides the exit code). An image labelled for another target is a UsageError."""
-    image_id = candidate_for(client, target, image_id)
-    with target_lock(reports_dir, target.id):  # one build or gate of a target at a time
-        return _gate(client, target, image_id, release=release, require_gpu=require_gpu, reports_dir=reports_dir, gpus=gpus)
+    image_id = candidate_for(client, target, image_id, platform)
+    with target_lock(reports_dir, report_id(target, platform)):  # one build or gate of a target at a time
+        return _gate(client, target, image_id, release=release, require_gpu=require_gpu, reports_dir=reports_dir, gpus=gpus,
+                     platform=platform)
 
 
 def _gate(client: DockerClient, target: Target, image_id: str, *, release: str, require_gpu: bool, reports_dir: Path,
-          gpus: bool | None) -> GateResult:
-    out_dir = reports_dir / target.id
+          gpus: bool | None, platform: str) -> GateResult:
+    out_dir = reports_dir / report_id(target, platform)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("gate.json", *(f"{name}.{ext}" for name, _ in step_commands(True, target) for ext in ("json", "out"))):
         (out_dir / stale).unlink(missing_ok=True)  # a report must describe this image only
     vendor = target.arch.vendor
+    if is_cross(platform):  # the host's GPU driver cannot serve an emulated process
+        echo(f"gate {target.id} ({platform}): runs under QEMU user emulation: CPU mode (GPU checks skipped"
+             f"{'; --require-gpu makes that a failure' if require_gpu else ''})")
+        gpus = False
     gpus = host_has_gpus(vendor) if gpus is None else gpus
     mode: GateMode = "gpu" if gpus else "cpu"
     gpu_args = gpu_run_args(vendor) if gpus else ()
-    if not gpus:
+    if not gpus and not is_cross(platform):
         echo(f"gate {target.id}: no {'AMD' if vendor == 'amd' else 'NVIDIA'} GPU on this host: CPU mode (GPU checks skipped"
              f"{'; --require-gpu makes that a failure' if require_gpu else ''})")
     steps = []
@@ -209,25 +227,25 @@ def _gate(client: DockerClient, target: Target, image_id: str, *, release: str, 
             echo(f"gate {target.id}: {name}: skipped {len(step.skipped)} check(s) (reasons in {step.report}): {names}")
         if not step.passed:
             break  # smoke training on an image whose probe failed proves nothing
-    result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps))
+    result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps), platform=platform)
     if result.passed:
-        refs = gate_tags(target, release)
+        refs = gate_tags(target, release, platform)
         try:
             sealed = label_child(client, image_id, seal_labels(target, image_id, mode, result.to_json()))
         except DockerCommandError as error:
             raise GateFailedError(f"{target.id}: gate passed, but sealing image {image_id[:19]} failed: {error.message}") from None
         for ref in refs:
             tag(client, sealed, ref)
-        result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps), refs, sealed, result.finished)
+        result = GateResult(target.id, image_id, mode, require_gpu, tuple(steps), refs, sealed, result.finished, platform)
     (out_dir / "gate.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if not result.passed:
         remove_earlier_tags(client, target, result)
     return result
 
 
-def earlier_tags(target: Target, repo_tags: list[str]) -> list[str]:
+def earlier_tags(target: Target, repo_tags: list[str], platform: str = HOST_PLATFORM) -> list[str]:
     """Which of an image's names are this target's gate tags (floating, or immutable of any release)."""
-    return [ref for ref in repo_tags if is_gate_ref(target, ref)]
+    return [ref for ref in repo_tags if is_gate_ref(target, ref, platform)]
 
 
 def remove_earlier_tags(client: DockerClient, target: Target, failed: GateResult) -> None:
@@ -235,7 +253,7 @@ def remove_earlier_tags(client: DockerClient, target: Target, failed: GateResult
     with its last name: then only the reports remain (a rebuild from the build cache brings it back)."""
     image_id = failed.image_id
     named = [*((image_inspect(client, image_id) or {}).get("RepoTags") or []), *refs_labelled(client, GATE_IMAGE_LABEL, image_id)]
-    refs = earlier_tags(target, list(dict.fromkeys(named)))  # on the image itself (older gates) or on its seals
+    refs = earlier_tags(target, list(dict.fromkeys(named)), failed.platform)  # on the image itself (older gates) or on its seals
     if not refs:
         return
     try:
@@ -252,6 +270,6 @@ def require_pass(result: GateResult, reports_dir: Path = REPORTS_DIR) -> None:
     if not result.passed:
         raise GateFailedError(
             f"{result.target}: gate failed ({result.mode} mode) for image {result.image_id[:19]}; "
-            f"no tag; report in {reports_dir / result.target}/gate.json",
+            f"no tag; report in {reports_dir / (result.target + platform_suffix(result.platform))}/gate.json",
             details=result.failing,
         )

@@ -24,11 +24,12 @@ from rich.table import Table
 from imagefactory import log
 from imagefactory.build import bootstrap as _bootstrap
 from imagefactory.build.docker import DockerClient, build, image_exists, image_size
-from imagefactory.build.gate import REPORTS_DIR, GateResult, gate_image
+from imagefactory.build.gate import REPORTS_DIR, GateResult, gate_image, report_id
 from imagefactory.build.locks import staging_lock, target_lock
 from imagefactory.errors import BuildFailedError, ImageFactoryError, UsageError
 from imagefactory.log import echo
 from imagefactory.plan.model import Target
+from imagefactory.plan.platforms import HOST_PLATFORM, base_ref, dockerfile_name, is_cross
 from imagefactory.plan.render import REPO_ROOT, bnb_library, render_target
 from imagefactory.run import run
 
@@ -62,6 +63,7 @@ class BuildOptions:
     show_output: bool = True  # stream BuildKit output (single target); else log only + progress
     root: Path = REPO_ROOT  # build context: the repository root
     reports_dir: Path = REPORTS_DIR
+    platform: str | None = None  # None: each target's first (the host's where it has it); linux/arm64: cross-built
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,17 @@ def local_tree_version(tree: Path) -> str:
     raise BuildFailedError(f"{tree}: not a bitsandbytes source tree (no version in bitsandbytes/__init__.py or setup.py)")
 
 
-def choose_bnb(target: Target, local_tree: Path | None, git_reachable: Callable[[], bool]) -> BnbChoice:
+def choose_bnb(target: Target, local_tree: Path | None, git_reachable: Callable[[], bool], platform: str = HOST_PLATFORM) -> BnbChoice:
     """Where this build's bitsandbytes comes from: a local tree when given; the matrix's mode
-    otherwise; its declared fallback (the wheel) when the upstream repository cannot be reached."""
+    otherwise; its declared fallback (the wheel) when the upstream repository cannot be reached.
+    A cross-built platform always takes PyPI's wheel for it (compiling would run nvcc under emulation)."""
     bnb = target.bitsandbytes
+    if is_cross(platform):
+        if local_tree is not None:
+            raise UsageError(f"{target.id}: --bnb-source cannot be used for {platform}: its images take PyPI's {platform} "
+                             f"wheel (compiling here would run nvcc under emulation)")
+        return BnbChoice("wheel", bnb.version, f"bitsandbytes {bnb.version}: PyPI's {platform} wheel's {bnb_library(target)} "
+                                               f"(not compiled: nvcc would run under emulation), one library kept")
     if local_tree is not None:
         if target.nvcc == "none":
             raise BuildFailedError(f"{target.id}: --bnb-source given, but the {target.flavor} flavor has no compiler for {target.toolkit.id}")
@@ -214,10 +223,28 @@ def check_bnb_source(tree: Path) -> Path:
 
 def check_options(opts: BuildOptions) -> None:
     """What a user typed, checked before any build starts: one line and exit 2, not a failed build (exit 1)."""
+    if opts.platform is not None and is_cross(opts.platform) and opts.bnb_source is not None:
+        raise UsageError(f"--bnb-source cannot be used with --platform {opts.platform}: its images take PyPI's wheel "
+                         f"(compiling here would run nvcc under emulation)")
     if opts.bnb_source is not None:
         check_bnb_source(opts.bnb_source)
     if opts.ca_bundle is not None:
         check_ca_bundle(opts.ca_bundle)
+
+
+def targets_for_platform(targets: Sequence[Target], platform: str | None) -> list[Target]:
+    """The targets built for `platform` (all when None); the others are named and skipped. None left: exit 2."""
+    if platform is None:
+        return list(targets)
+    kept = [t for t in targets if platform in t.build_platforms]
+    skipped = [t.id for t in targets if platform not in t.build_platforms]
+    if not kept:
+        raise UsageError(f"--platform {platform}: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''} "
+                         f"{'is' if len(skipped) == 1 else 'are'} not built for it (see `imagefactory show TARGET`: platforms)")
+    if skipped:
+        echo(f"--platform {platform}: skipping {len(skipped)} target(s) not built for it: {', '.join(skipped[:8])}"
+             f"{' …' if len(skipped) > 8 else ''}")
+    return kept
 
 
 def choose_ca_bundle(client: DockerClient, target: Target, explicit: Path | None) -> Path | None:
@@ -232,24 +259,36 @@ def choose_ca_bundle(client: DockerClient, target: Target, explicit: Path | None
     return HOST_CA_BUNDLE if extra_certificates(HOST_CA_BUNDLE.read_bytes(), image_ca_bundle(client, target.base.build)) else None
 
 
-def ensure_bases(client: DockerClient, target: Target) -> None:
-    """Bootstrap missing slim bases; vendor bases are pulled by the build (a registry is needed)."""
-    missing = [ref for ref in (target.base.build, target.base.runtime) if not image_exists(client, ref)]
-    local = tuple(ref for ref in missing if _bootstrap.spec_for(ref) is not None)
-    if local:
-        echo(f"{target.id}: base image(s) {', '.join(local)} missing: bootstrapping from Debian's mirror")
-        _bootstrap.bootstrap(client, local)
+def ensure_bases(client: DockerClient, target: Target, platform: str = HOST_PLATFORM) -> None:
+    """Bootstrap missing slim bases (for a cross-built platform: its own, and the host's that its file-placing
+    stages use); vendor bases are pulled by the build (a registry is needed)."""
+    for base_platform in dict.fromkeys((HOST_PLATFORM, platform) if is_cross(platform) else (platform,)):
+        refs = (target.base.build,) if base_platform != platform else (target.base.build, target.base.runtime)
+        missing = [ref for ref in refs if not image_exists(client, base_ref(ref, base_platform))]
+        local = tuple(ref for ref in missing if _bootstrap.spec_for(ref) is not None)
+        if local:
+            names = ", ".join(base_ref(ref, base_platform) for ref in local)
+            echo(f"{target.id}: base image(s) {names} missing: bootstrapping from Debian's mirror")
+            _bootstrap.bootstrap(client, local, platform=base_platform)
+
+
+def platform_for(target: Target, asked: str | None) -> str:
+    """The platform a build of `target` is for: the one asked, else the target's first (the host's where it has it)."""
+    return asked or target.build_platforms[0]
 
 
 def build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> BuildResult:
-    with target_lock(opts.reports_dir, target.id):
+    opts = replace(opts, platform=platform_for(target, opts.platform))
+    with target_lock(opts.reports_dir, report_id(target, platform_for(target, opts.platform))):
         return _build_one(client, target, opts, on_line)
 
 
 def _build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line: Callable[[str], None] | None) -> BuildResult:
     start = time.monotonic()
-    result = BuildResult(target.id, ok=False, stage="base", duration_s=0.0)
-    out_dir = opts.reports_dir / target.id
+    assert opts.platform is not None  # build_one decided it
+    unit = report_id(target, opts.platform)  # hopper-cu130, hopper-cu130-arm64
+    result = BuildResult(unit, ok=False, stage="base", duration_s=0.0)
+    out_dir = opts.reports_dir / unit
     out_dir.mkdir(parents=True, exist_ok=True)
     _finish(out_dir, result, start)  # until this build ends, build.json says "not ok" (never a stale "ok")
     log_file = out_dir / "build.log"
@@ -257,17 +296,18 @@ def _build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line
     log_file.write_text("")
     try:
         with log.step(f"{target.id}: base images"):
-            ensure_bases(client, target)
+            ensure_bases(client, target, opts.platform)
         result = replace(result, stage="render")
         work = opts.root / BUILD_DIR / target.id
         if (opts.root / BUILD_DIR).is_symlink() or work.is_symlink():
             raise BuildFailedError(f"{work}: a symbolic link in the staging area; remove it (never written through)")
         work.mkdir(parents=True, exist_ok=True)
-        dockerfile = work / "Dockerfile"
-        dockerfile.write_text(render_target(target))
+        dockerfile = work / dockerfile_name(opts.platform)
+        dockerfile.write_text(render_target(target, platform=opts.platform))
         ca_bundle = choose_ca_bundle(client, target, opts.ca_bundle)
         choice = choose_bnb(target, opts.bnb_source,
-                            lambda: git_reachable(target.bitsandbytes.git_url, target.bitsandbytes.git_ref, ca_bundle))
+                            lambda: git_reachable(target.bitsandbytes.git_url, target.bitsandbytes.git_ref, ca_bundle),
+                            opts.platform)
         echo(f"{target.id}: {choice.note}")
         result = replace(result, stage="build", bnb_source=choice.source)
         iidfile = work / "iid"
@@ -279,6 +319,7 @@ def _build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line
                 client, context=opts.root, dockerfile=dockerfile, iidfile=iidfile,
                 build_args=build_args(target, choice, source_revision(opts.root), utc_now()),
                 secrets={"ca": ca_bundle} if ca_bundle else {}, log=log_file, show=opts.show_output, on_line=on_line,
+                platform=opts.platform if is_cross(opts.platform) else None,
             )
         if not done.ok or not iidfile.exists():
             error = _build_error(done.tail)
@@ -293,7 +334,7 @@ def _build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line
         if opts.gate:
             with log.step(f"{target.id}: gate (probe + smoke in the image)"):
                 gated = gate_image(client, target, image_id, release=opts.release, require_gpu=opts.require_gpu,
-                                   reports_dir=opts.reports_dir)
+                                   reports_dir=opts.reports_dir, platform=opts.platform)
             if not gated.passed:
                 return _finish(out_dir, replace(result, reason=_gate_reason(gated)), start)
             result = replace(result, stage="done", tags=gated.tags)
@@ -366,6 +407,7 @@ def summary_table(results: Sequence[BuildResult]) -> Table:
 def build_many(client: DockerClient, targets: Sequence[Target], opts: BuildOptions) -> list[BuildResult]:
     """Build (and gate) each target in turn, past failures; print a summary table at the end."""
     check_options(opts)  # what the user typed: exit 2 before any base image, build or gate
+    targets = targets_for_platform(targets, opts.platform)
     console = log.console()
     results: list[BuildResult] = []
     for index, target in enumerate(targets, 1):

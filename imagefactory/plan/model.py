@@ -15,6 +15,7 @@ from typing import Literal
 
 from packaging.version import Version
 
+from imagefactory.plan.platforms import HOST_PLATFORM, dockerfile_name, is_cross
 from probe import tags  # the tag grammar (ids, tags, flavors, dtypes): the probe parses tags with it
 
 Vendor = Literal["nvidia", "amd"]
@@ -276,7 +277,18 @@ class Target:
 
     @property
     def dockerfile(self) -> str:
-        return f"dockerfiles/{self.id}/Dockerfile"
+        """The Dockerfile of its first build platform (the host's where it is one of them)."""
+        return self.dockerfile_for(self.build_platforms[0])
+
+    def dockerfile_for(self, platform: str) -> str:
+        """`dockerfiles/hopper-cu130/Dockerfile`, `…/Dockerfile.arm64`."""
+        return f"dockerfiles/{self.id}/{dockerfile_name(platform)}"
+
+    @property
+    def build_platforms(self) -> tuple[str, ...]:
+        """The platforms this factory builds it for: the host's, and its others where its bases are the locally
+        bootstrapped slim ones (a vendor base would come from a registry, per platform)."""
+        return tuple(p for p in self.platforms if not is_cross(p) or self.flavor == "slim") or (HOST_PLATFORM,)
 
 
 def immutable_tag(target: Target, release: str) -> str:

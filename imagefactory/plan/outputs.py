@@ -12,6 +12,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from imagefactory.plan.model import Matrix, Target
+from imagefactory.plan.platforms import is_cross, platform_suffix
 
 # Facts of matrix.yaml the stdlib-only probe needs on a pod (probe/select.py reads this file).
 PROBE_FACTS_PATH = "probe/matrix_facts.json"
@@ -71,22 +72,24 @@ def bake_file(targets: Iterable[Target], *, cache_dir: str = ".cache/buildx") ->
     """A docker-bake.json with one target per cell; `docker buildx bake -f - --print` accepts it.
 
     `args` sets BNB_SOURCE (an ARG of templates/Dockerfile.j2) from the matrix's bitsandbytes mode;
-    the cache is a local directory per target, so cells never evict each other's layers.
+    the cache is a local directory per target, so cells never evict each other's layers. A target built for
+    two platforms is two bake targets (`hopper-cu130`, `hopper-cu130-arm64`): each platform has its own Dockerfile.
     """
-    targets = list(targets)
-    names = [bake_name(t.id) for t in targets]
     bake_targets: dict[str, Any] = {}
-    for name, t in zip(names, targets):
-        bake_targets[name] = {
-            "context": ".",
-            "dockerfile": t.dockerfile,
-            "args": {"BNB_SOURCE": "git" if t.bnb_mode == "source" else "wheel"},
-            "tags": [f"{t.image_repo}:{tag}" for tag in t.tags],
-            "labels": dict(t.labels),
-            "cache-from": [f"type=local,src={cache_dir}/{t.id}"],
-            "cache-to": [f"type=local,dest={cache_dir}/{t.id},mode=max"],
-            "platforms": list(t.platforms),
-        }
+    for t in targets:
+        for platform in t.build_platforms:  # one Dockerfile per platform: hopper-cu130, hopper-cu130-arm64
+            unit = t.id + platform_suffix(platform)
+            bake_targets[bake_name(unit)] = {
+                "context": ".",
+                "dockerfile": t.dockerfile_for(platform),
+                "args": {"BNB_SOURCE": "git" if t.bnb_mode == "source" and not is_cross(platform) else "wheel"},
+                "tags": [f"{t.image_repo}:{tag}{platform_suffix(platform)}" for tag in t.tags],
+                "labels": dict(t.labels),
+                "cache-from": [f"type=local,src={cache_dir}/{unit}"],
+                "cache-to": [f"type=local,dest={cache_dir}/{unit},mode=max"],
+                "platforms": [platform],
+            }
+    names = list(bake_targets)
     return dumps({"group": {"default": {"targets": names}}, "target": bake_targets})
 
 

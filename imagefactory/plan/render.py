@@ -24,7 +24,8 @@ from typing import Any
 import jinja2
 
 from imagefactory.errors import ImageFactoryError, TemplateError
-from imagefactory.plan.model import Target, bnb_library_name
+from imagefactory.plan.model import BaseImages, Target, bnb_library_name
+from imagefactory.plan.platforms import HOST_PLATFORM, UV_PYTHON_PLATFORMS, base_ref, is_cross
 from imagefactory.plan.venv_layers import LAYERS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -87,11 +88,24 @@ def _environment(template_dir: str) -> jinja2.Environment:
     return env
 
 
-def render_target(target: Target, template_dir: Path | None = None) -> str:
-    """The Dockerfile text for one target. Raises TemplateError naming the template and line."""
+def platform_context(target: Target, platform: str) -> dict[str, Any]:
+    """What the templates know of the platform: `platform`, `cross` (arm64 built on this amd64 host: the steps that
+    only place files run on `host_platform`, the rest under emulation), the bases for it, uv's platform name."""
+    cross = is_cross(platform)
+    return {
+        "platform": platform,
+        "host_platform": HOST_PLATFORM,
+        "cross": cross,
+        "bases": BaseImages(base_ref(target.base.build, platform), base_ref(target.base.runtime, platform), target.base.python),
+        "uv_platform": UV_PYTHON_PLATFORMS.get(platform, "") if cross else "",
+    }
+
+
+def render_target(target: Target, template_dir: Path | None = None, platform: str = HOST_PLATFORM) -> str:
+    """The Dockerfile text for one target and platform. Raises TemplateError naming the template and line."""
     env = environment(template_dir)
     try:
-        text = env.get_template(ENTRY_TEMPLATE).render(target=target)
+        text = env.get_template(ENTRY_TEMPLATE).render(target=target, **platform_context(target, platform))
     except jinja2.TemplateNotFound as exc:
         where = template_dir or DEFAULT_TEMPLATE_DIR
         raise TemplateError(f"{target.id}: template {exc.name!r} not found under {where}") from None
@@ -128,8 +142,8 @@ class Drift:
 
 
 def render_all(targets: Iterable[Target], template_dir: Path | None = None) -> dict[str, str]:
-    """{relative path: text} for every target, all rendered before anything is written."""
-    return {t.dockerfile: render_target(t, template_dir) for t in targets}
+    """{relative path: text} for every target and platform it is built for, all rendered before anything is written."""
+    return {t.dockerfile_for(p): render_target(t, template_dir, p) for t in targets for p in t.build_platforms}
 
 
 def _refuse_links(root: Path, rel: str) -> Path:
@@ -159,9 +173,11 @@ def _existing(root: Path) -> set[str]:
     found = set()
     for entry in os.scandir(base):
         if entry.is_dir(follow_symlinks=False):
-            path = Path(entry.path) / "Dockerfile"
-            if not path.is_symlink() and path.is_file() and _is_generated(path):
-                found.add(str(path.relative_to(root)))
+            for file in os.scandir(entry.path):
+                path = Path(file.path)
+                if (file.name == "Dockerfile" or file.name.startswith("Dockerfile.")) and not path.is_symlink() \
+                        and path.is_file() and _is_generated(path):
+                    found.add(str(path.relative_to(root)))
     return found
 
 

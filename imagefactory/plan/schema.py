@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from imagefactory.plan.platforms import PLATFORMS
 from probe.tags import ARCH_NAME_PATTERN, FLAVORS, TOOLKIT_ID_PATTERN, TRAIN_DTYPES
 
 Schema = dict[str, Any]
@@ -46,7 +47,6 @@ CAPABILITIES = ("bf16", "fa2", "fa3", "fp8")
 NVCC_ORIGINS = ("pypi", "base", "hipcc", "none")
 BNB_MODES = ("source", "wheel")
 EXPAND_MODES = ("all", "none")
-PLATFORMS = ("linux/amd64", "linux/arm64")  # OCI platforms an image may be built for
 TORCH_SOURCES = ("pypi", "any")  # flavors.<f>.torch: pypi = only the PyPI torch build (slim)
 
 

@@ -1,6 +1,8 @@
 """`python -m imagefactory push|docs|summary`: what each command does with its parsed options.
 
-  push TARGET --registry HOST[:PORT]/NAME [--release R]   publish a gated image (see imagefactory.publish.push)
+  push TARGET --registry HOST[:PORT]/NAME [--release R] [--platform P]…
+                                                          publish a gated image, or with several --platform one
+                                                          image index of them (see imagefactory.publish.push)
   docs [--check] [--repo REPO] [--measure]                supported-tags page + deploy files from matrix.yaml
   summary reports/*/release.json                          markdown table of published tags (CI summary)
 
@@ -15,12 +17,22 @@ from pathlib import Path
 
 from imagefactory import log
 from imagefactory.build.docker import detect
+from imagefactory.build.gate import report_id
 from imagefactory.errors import UsageError
 from imagefactory.plan.expand import all_targets, resolve_target
 from imagefactory.plan.matrix import load_matrix
+from imagefactory.plan.platforms import PLATFORMS
 from imagefactory.publish import sizes
 from imagefactory.publish.docs import drift, generate, write
-from imagefactory.publish.push import GateReport, LocalDocker, publish, read_release_record, summary_markdown, write_release_record
+from imagefactory.publish.push import (
+    GateReport,
+    LocalDocker,
+    publish,
+    publish_index,
+    read_release_record,
+    summary_markdown,
+    write_release_record,
+)
 from imagefactory.publish.registry import Registry, RepoRef
 from imagefactory.tags import release_or_today, release_tags
 
@@ -55,13 +67,24 @@ def cmd_push(args: argparse.Namespace) -> int:
     target = resolve_target(load_matrix(args.matrix), args.target)
     repo = RepoRef.parse(args.registry)
     tags = release_tags(target, release_or_today(args.release))
-    report = GateReport.read(args.reports_dir / target.id / "gate.json")
-    with log.step(f"push {target.id} to {repo}"):
-        result = publish(tags, report, target, repo, LocalDocker(detect(args.docker)), Registry(repo),
-                         say=log.echo, allow_cpu_gate=args.allow_cpu_gate, compression=args.compression)
+    platforms = list(dict.fromkeys(args.platform or target.build_platforms[:1]))
+    for platform in platforms:
+        if platform not in target.build_platforms:
+            raise UsageError(f"--platform {platform}: {target.id} is built for {', '.join(target.build_platforms)} only "
+                             f"(want one of {', '.join(PLATFORMS)} that it is built for)")
+    reports = {p: GateReport.read(args.reports_dir / report_id(target, p) / "gate.json") for p in platforms}
+    with log.step(f"push {target.id} ({', '.join(platforms)}) to {repo}"):
+        if len(platforms) == 1:
+            result = publish(tags, reports[platforms[0]], target, repo, LocalDocker(detect(args.docker)), Registry(repo),
+                             say=log.echo, allow_cpu_gate=args.allow_cpu_gate, compression=args.compression,
+                             platform=platforms[0])
+        else:
+            result = publish_index(tags, reports, target, repo, LocalDocker(detect(args.docker)), Registry(repo),
+                                   say=log.echo, allow_cpu_gate=args.allow_cpu_gate, compression=args.compression)
     record = write_release_record(result, target.id, args.reports_dir)
     verb = "already published" if result.already_there else "published"
-    print(f"{verb} {repo}:{tags.immutable} ({result.digest}); floating: {', '.join(tags.floating)}; record: {record}")
+    print(f"{verb} {repo}:{tags.immutable} ({result.digest}{', an index of ' + ', '.join(platforms) if len(platforms) > 1 else ''}); "
+          f"floating: {', '.join(tags.floating)}; record: {record}")
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from imagefactory.errors import ImageFactoryError, UsageError
 from imagefactory.plan.model import Target, immutable_tag
+from imagefactory.plan.platforms import platform_suffix
 from imagefactory.publish.gated import GatedBuild
 from imagefactory.publish.gated import load as load_gated
 
@@ -80,9 +81,12 @@ class SupportedTag:
     description: str
     gated: GatedBuild | None = None  # docs/gated.json's record of a passing gate of this target at this torch
     platforms: tuple[str, ...] = ("linux/amd64",)
+    gated_platforms: tuple[GatedBuild, ...] = ()  # every platform's record (gated is the first of them)
 
     @classmethod
-    def of(cls, target: Target, gated: GatedBuild | None = None) -> SupportedTag:
+    def of(cls, target: Target, gated: GatedBuild | Sequence[GatedBuild] | None = None) -> SupportedTag:
+        records = (gated,) if isinstance(gated, GatedBuild) else tuple(gated or ())
+        current = tuple(g for g in records if g.torch == target.torch.version)
         kind = target.toolkit.kind
         return cls(
             target_id=target.id,
@@ -99,14 +103,24 @@ class SupportedTag:
             flavor=target.flavor,
             driver_floor=target.toolkit.driver_floor,
             description=target.arch.description,
-            gated=gated if gated is not None and gated.torch == target.torch.version else None,
+            gated=current[0] if current else None,
             platforms=tuple(target.platforms),
+            gated_platforms=current,
         )
+
+    def gated_summary(self) -> str:
+        """The table's `gated` cell: where each platform's image passed its gate."""
+        if not self.gated_platforms:
+            return "not built here"
+        if len(self.gated_platforms) == 1 and len(self.platforms) == 1:
+            return self.gated_platforms[0].summary()
+        return "; ".join(f"{g.platform.removeprefix('linux/')}: {g.summary()}" for g in self.gated_platforms)
 
 
 def supported_tags(targets: Iterable[Target], gated: Mapping[str, GatedBuild] | None = None) -> list[SupportedTag]:
     record = gated or {}
-    return sorted((SupportedTag.of(t, record.get(t.id)) for t in targets), key=lambda row: (row.vendor != "nvidia", row.target_id))
+    return sorted((SupportedTag.of(t, [record[k] for p in t.build_platforms if (k := t.id + platform_suffix(p)) in record])
+                   for t in targets), key=lambda row: (row.vendor != "nvidia", row.target_id))
 
 
 def supported_tags_markdown(rows: Sequence[SupportedTag], repo: str) -> str:
@@ -124,8 +138,9 @@ def supported_tags_markdown(rows: Sequence[SupportedTag], repo: str) -> str:
         "",
         "**Gated** says where this project built the target and its gate (probe + smoke training in the image)",
         "passed, from [gated.json](gated.json); the other targets render and lint but were not built here.",
-        "**Platforms**: arm64 where the arch's machines are Grace (GH200, GB200) and PyPI's aarch64 torch is",
-        "the same CUDA build (torch ≥ 2.11); arm64 images were not built here yet.",
+        "**Platforms**: arm64 where the arch's machines are Grace (GH200, GB200, DGX Spark) and PyPI's aarch64 torch",
+        "is the same CUDA build (torch ≥ 2.11); one tag is an image index of both. arm64 images are built on x86 and",
+        "gated under QEMU emulation in CPU mode (docs/build.md, \"arm64\"); the gated column names each platform's gate.",
         "",
         "| target | floating tags | immutable tag | GPUs (SM / gfx) | toolkit | torch | python | flavor | min driver | platforms | gated |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -138,7 +153,7 @@ def supported_tags_markdown(rows: Sequence[SupportedTag], repo: str) -> str:
             f"| **{row.target_id}** | {floating} | `{row.immutable_pattern}` | {gpus} ({row.description}) | "
             f"{row.toolkit} | {row.torch} | {row.python} | {row.flavor} | {floor} | "
             f"{', '.join(p.removeprefix('linux/') for p in row.platforms)} | "
-            f"{row.gated.summary() if row.gated else 'not built here'} |"
+            f"{row.gated_summary()} |"
         )
     lines += [
         "",
@@ -165,7 +180,8 @@ def supported_tags_json(rows: Sequence[SupportedTag], repo: str) -> str:
                 "tags": list(row.floating),
                 "immutable_pattern": row.immutable_pattern,
                 "platforms": list(row.platforms),
-                "gated": {"mode": row.gated.mode, "where": row.gated.where, "date": row.gated.date} if row.gated else None,
+                "gated": {"mode": row.gated.mode, "where": row.gated.where, "date": row.gated.date,
+                          "platforms": [g.platform for g in row.gated_platforms]} if row.gated else None,
             }
             for row in rows
         ],

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -41,6 +41,7 @@ from imagefactory.build.seal import (  # noqa: F401 - the label names are part o
 )
 from imagefactory.errors import PushFailedError, UsageError
 from imagefactory.plan.model import Target
+from imagefactory.plan.platforms import HOST_PLATFORM, debian_arch
 from imagefactory.publish.registry import Registry, RepoRef
 from imagefactory.tags import ReleaseTags
 
@@ -139,6 +140,8 @@ class DockerOps(Protocol):
     # zstd pushes (skopeo): the local image by ID to a registry ref; a registry tag to another, same digest
     def push_compressed(self, image_id: str, ref: str, compression: str, plain_http: bool) -> str: ...
     def copy_tag(self, source_ref: str, ref: str, plain_http: bool) -> str: ...
+    # an image index under `ref` of images already in the registry (`repo@sha256:…`); returns its digest
+    def push_index(self, ref: str, images: Sequence[str], plain_http: bool) -> str: ...
 
 
 class LocalDocker:
@@ -168,6 +171,9 @@ class LocalDocker:
     def copy_tag(self, source_ref: str, ref: str, plain_http: bool) -> str:
         return _as_push_failure(docker.copy_tag, source_ref, ref, plain_http=plain_http)
 
+    def push_index(self, ref: str, images: Sequence[str], plain_http: bool) -> str:
+        return _as_push_failure(docker.push_index, self.client, ref, images, plain_http=plain_http)
+
     def _push_step(self, operation: Callable[..., T], *args: Any) -> T:
         return _as_push_failure(operation, self.client, *args)
 
@@ -195,6 +201,7 @@ class PushResult:
     floating: tuple[str, ...]
     already_there: bool = False
     notes: tuple[str, ...] = field(default=())
+    platforms: tuple[str, ...] = (HOST_PLATFORM,)  # more than one: `digest` is an image index of them
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -204,7 +211,63 @@ class PushResult:
             "floating": [f"{self.repo}:{tag}" for tag in self.floating],
             "pull_by_digest": f"{self.repo}@{self.digest}",
             "already_there": self.already_there,
+            "platforms": list(self.platforms),
         }
+
+
+def checked_seal(target: Target, report: GateReport, docker: DockerOps, *, allow_cpu_gate: bool,
+                 platform: str = HOST_PLATFORM) -> Sealed:
+    """What makes one platform's image publishable: its report is this target's, its seal verifies, its gate ran on a
+    GPU (or --allow-cpu-gate), it is an image of `platform`, and it holds a CycloneDX SBOM where its label says."""
+    target_id = target.id
+    if report.target_id != target_id:
+        raise PushFailedError(f"gate report is for {report.target_id}, not {target_id}")
+    sealed = verify_seal(target, report.sealed_image, docker)
+    if sealed.mode != "gpu" and not allow_cpu_gate:
+        raise PushFailedError(
+            f"{target_id}: image {sealed.candidate_id[:19]} was gated in {sealed.mode} mode only; gate it on a GPU "
+            "(gate --require-gpu) or pass --allow-cpu-gate"
+        )
+    arch = str((docker.inspect(sealed.image_id) or {}).get("Architecture") or debian_arch(platform))
+    if arch != debian_arch(platform):
+        raise PushFailedError(f"{target_id}: sealed image {sealed.image_id[:19]} is linux/{arch[:20]}, not {platform}")
+    labels = sealed.labels
+    if SBOM_LABEL not in labels:
+        raise PushFailedError(f"{target_id}: image {sealed.candidate_id[:19]} has no {SBOM_LABEL} label (no SBOM); rebuild it")
+    if not is_cyclonedx(docker.read_file(sealed.image_id, labels[SBOM_LABEL])):
+        raise PushFailedError(f"{target_id}: image {sealed.candidate_id[:19]} has no CycloneDX JSON at {labels[SBOM_LABEL]} (its {SBOM_LABEL} label)")
+    return sealed
+
+
+def push_immutable(tag: str, sealed: Sealed, repo: RepoRef, docker: DockerOps, registry: Registry,
+                   say: Callable[[str], None], compression: str) -> tuple[str, bool]:
+    """Push one sealed image under a tag that never moves: (its digest, whether the registry held it already). A tag
+    holding another gated image is refused; after the push the registry must report the digest just pushed."""
+    ref = f"{repo}:{tag}"
+    remote = registry.image(tag)
+    if remote is not None:
+        if remote.labels.get(GATE_IMAGE_LABEL) != sealed.candidate_id:
+            raise PushFailedError(
+                f"{ref} already exists with different content (gated image "
+                f"{remote.labels.get(GATE_IMAGE_LABEL, 'unknown')[:19]}, this is {sealed.candidate_id[:19]}); "
+                "immutable tags are never overwritten: publish under a new --release"
+            )
+        say(f"{ref} already holds this gated image ({remote.digest}); not pushed again")
+        return remote.digest, True
+    if compression != "gzip":
+        say(f"pushing {ref} (immutable, {compression} layers)")
+        digest = docker.push_compressed(sealed.image_id, ref, compression, repo.plain_http)
+    else:
+        docker.tag(sealed.image_id, ref)
+        say(f"pushing {ref} (immutable)")
+        digest = docker.push(ref)
+    landed = registry.image(tag)
+    if landed is None or landed.digest != digest:
+        raise PushFailedError(
+            f"{ref}: registry reports {landed.digest if landed else 'no manifest'} after pushing {digest} "
+            "(a concurrent push?); floating tags left unchanged"
+        )
+    return digest, False
 
 
 def publish(
@@ -217,54 +280,17 @@ def publish(
     say: Callable[[str], None] = print,
     allow_cpu_gate: bool = False,
     compression: str = "gzip",
+    platform: str = HOST_PLATFORM,
 ) -> PushResult:
     """Push one sealed image: immutable tag first (never overwritten), then the floating tags. gzip layers go
     through `docker push`; zstd layers through skopeo (docker.copy_to_registry), floating tags then copied
     in the registry (same manifest, same digest)."""
-    target_id = target.id
-    if report.target_id != target_id:
-        raise PushFailedError(f"gate report is for {report.target_id}, not {target_id}")
-    sealed = verify_seal(target, report.sealed_image, docker)
-    if sealed.mode != "gpu" and not allow_cpu_gate:
-        raise PushFailedError(
-            f"{target_id}: image {sealed.candidate_id[:19]} was gated in {sealed.mode} mode only; gate it on a GPU "
-            "(gate --require-gpu) or pass --allow-cpu-gate"
-        )
-    labels = sealed.labels
-    if SBOM_LABEL not in labels:
-        raise PushFailedError(f"{target_id}: image {sealed.candidate_id[:19]} has no {SBOM_LABEL} label (no SBOM); rebuild it")
-    if not is_cyclonedx(docker.read_file(sealed.image_id, labels[SBOM_LABEL])):
-        raise PushFailedError(f"{target_id}: image {sealed.candidate_id[:19]} has no CycloneDX JSON at {labels[SBOM_LABEL]} (its {SBOM_LABEL} label)")
-
+    sealed = checked_seal(target, report, docker, allow_cpu_gate=allow_cpu_gate, platform=platform)
     immutable_ref = f"{repo}:{tags.immutable}"
-    remote = registry.image(tags.immutable)
-    if remote is not None:
-        if remote.labels.get(GATE_IMAGE_LABEL) != sealed.candidate_id:
-            raise PushFailedError(
-                f"{immutable_ref} already exists with different content (gated image "
-                f"{remote.labels.get(GATE_IMAGE_LABEL, 'unknown')[:19]}, this is {sealed.candidate_id[:19]}); "
-                "immutable tags are never overwritten: publish under a new --release"
-            )
-        say(f"{immutable_ref} already holds this gated image ({remote.digest}); not pushed again")
-        digest = remote.digest
-        source = f"{repo}@{digest}"  # pulled below only if a floating tag must move
-    elif compression != "gzip":
-        say(f"pushing {immutable_ref} (immutable, {compression} layers)")
-        digest = docker.push_compressed(sealed.image_id, immutable_ref, compression, repo.plain_http)
-    else:
-        docker.tag(sealed.image_id, immutable_ref)
-        say(f"pushing {immutable_ref} (immutable)")
-        digest = docker.push(immutable_ref)
-    if remote is None:
-        landed = registry.image(tags.immutable)
-        if landed is None or landed.digest != digest:
-            raise PushFailedError(
-                f"{immutable_ref}: registry reports {landed.digest if landed else 'no manifest'} after pushing {digest} "
-                "(a concurrent push?); floating tags left unchanged"
-            )
-        source = immutable_ref
+    digest, already_there = push_immutable(tags.immutable, sealed, repo, docker, registry, say, compression)
+    source = f"{repo}@{digest}" if already_there else immutable_ref  # pulled below only if a floating tag must move
 
-    pulled = remote is None  # a fresh push leaves the image local
+    pulled = not already_there  # a fresh push leaves the image local
     for tag in tags.floating:
         ref = f"{repo}:{tag}"
         current = registry.image(tag)
@@ -285,7 +311,64 @@ def publish(
         moved = docker.push(ref)
         if moved != digest:
             raise PushFailedError(f"{ref}: pushed {moved}, expected {digest}; check the registry by hand")
-    return PushResult(str(repo), tags.immutable, digest, tags.floating, already_there=remote is not None)
+    return PushResult(str(repo), tags.immutable, digest, tags.floating, already_there=already_there, platforms=(platform,))
+
+
+def platform_tag(immutable: str, platform: str) -> str:
+    """The registry tag one platform's image of a multi-platform release is pushed under before the index joins them:
+    `hopper-cu130-torch2.14.1-20261127-arm64`. Never read as a release by `probe select` (releases hold no `-`)."""
+    return f"{immutable}-{debian_arch(platform)}"
+
+
+def publish_index(
+    tags: ReleaseTags,
+    reports: Mapping[str, GateReport],
+    target: Target,
+    repo: RepoRef,
+    docker: DockerOps,
+    registry: Registry,
+    say: Callable[[str], None] = print,
+    allow_cpu_gate: bool = False,
+    compression: str = "gzip",
+) -> PushResult:
+    """Push one release of a target built for several platforms under one set of tags: each platform's sealed image
+    under its own immutable tag (`…-amd64`, `…-arm64`; never overwritten), then the image index of them under the
+    immutable tag, then the floating tags moved to that index. Every image is checked before anything is pushed."""
+    platforms = sorted(reports)
+    sealed = {p: checked_seal(target, reports[p], docker, allow_cpu_gate=allow_cpu_gate, platform=p) for p in platforms}
+    index_ref = f"{repo}:{tags.immutable}"
+    remote = registry.image(tags.immutable)
+    if remote is not None:
+        host = sealed.get(HOST_PLATFORM)
+        same = remote.platforms == tuple(platforms) and (host is None or remote.labels.get(GATE_IMAGE_LABEL) == host.candidate_id)
+        if not same:
+            raise PushFailedError(f"{index_ref} already exists with different content ({', '.join(remote.platforms) or 'one image'}, "
+                                  f"gated image {remote.labels.get(GATE_IMAGE_LABEL, 'unknown')[:19]}); immutable tags are never "
+                                  "overwritten: publish under a new --release")
+        say(f"{index_ref} already holds this release ({remote.digest}, {', '.join(remote.platforms)}); not pushed again")
+        digest = remote.digest
+    else:
+        images = [f"{repo}@{push_immutable(platform_tag(tags.immutable, p), sealed[p], repo, docker, registry, say, compression)[0]}"
+                  for p in platforms]
+        say(f"pushing {index_ref} (image index: {', '.join(platforms)})")
+        digest = docker.push_index(index_ref, images, repo.plain_http)
+        landed = registry.image(tags.immutable)
+        if landed is None or landed.digest != digest or landed.platforms != tuple(platforms):
+            raise PushFailedError(f"{index_ref}: registry reports {landed.digest if landed else 'no manifest'} "
+                                  f"({', '.join(landed.platforms) if landed else '-'}) after pushing the index {digest}; "
+                                  "floating tags left unchanged")
+    for tag in tags.floating:
+        ref = f"{repo}:{tag}"
+        current = registry.image(tag)
+        if current is not None and current.digest == digest:
+            say(f"{ref} already at {digest}")
+            continue
+        say(f"moving {ref} → {digest}")
+        moved = docker.copy_tag(f"{repo}@{digest}", ref, repo.plain_http)  # the index and every image it lists
+        if moved != digest:
+            raise PushFailedError(f"{ref}: copied {moved}, expected {digest}; check the registry by hand")
+    return PushResult(str(repo), tags.immutable, digest, tags.floating, already_there=remote is not None,
+                      platforms=tuple(platforms))
 
 
 def write_release_record(result: PushResult, target_id: str, reports_dir: Path = REPORTS_DIR) -> Path:

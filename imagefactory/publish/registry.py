@@ -70,6 +70,7 @@ class RepoRef:
 class RemoteImage:
     digest: str
     labels: dict[str, str]
+    platforms: tuple[str, ...] = ()  # an image index: its entries' `os/architecture`, sorted; () for one image
 
 
 class Registry:
@@ -157,17 +158,22 @@ class Registry:
             entries = manifest.get("manifests")
             if not isinstance(entries, list):
                 raise PushFailedError(f"registry {self.repo}: GET {path}: index without a 'manifests' list")
-            amd64 = [m for m in entries if isinstance(m, dict) and isinstance(m.get("platform"), dict)
-                     and m["platform"].get("architecture") == "amd64" and DIGEST.fullmatch(str(m.get("digest", "")))]
+            platformed = [m for m in entries if isinstance(m, dict) and isinstance(m.get("platform"), dict)
+                          and DIGEST.fullmatch(str(m.get("digest", "")))]
+            platforms = tuple(sorted(f"{str(m['platform'].get('os'))[:20]}/{str(m['platform'].get('architecture'))[:20]}"
+                                     for m in platformed))
+            amd64 = [m for m in platformed if m["platform"].get("architecture") == "amd64"]
             if not amd64:
-                return RemoteImage(digest, {})
+                return RemoteImage(digest, {}, platforms)
             inner_path = f"manifests/{amd64[0]['digest']}"
             inner = self._get(inner_path, MANIFEST_TYPES)
             manifest = self._json(inner, inner_path) if inner else {}
+        else:
+            platforms = ()
         config_ref = manifest.get("config")
         config_digest = config_ref.get("digest") if isinstance(config_ref, dict) else None
         if config_digest is None:
-            return RemoteImage(digest, {})
+            return RemoteImage(digest, {}, platforms)
         if not isinstance(config_digest, str) or not DIGEST.fullmatch(config_digest):
             raise PushFailedError(f"registry {self.repo}: GET {path}: config digest {str(config_digest)[:80]!r} is not sha256")
         config = self._get(f"blobs/{config_digest}")
@@ -175,4 +181,4 @@ class Registry:
         labels = (body.get("config") or {}).get("Labels") if isinstance(body.get("config") or {}, dict) else None
         if not isinstance(labels or {}, dict) or not all(isinstance(v, str) for v in (labels or {}).values()):
             raise PushFailedError(f"registry {self.repo}: GET blobs/{config_digest}: labels are not strings")
-        return RemoteImage(digest, dict(labels or {}))
+        return RemoteImage(digest, dict(labels or {}), platforms)

@@ -97,8 +97,9 @@ def test_bootstrap_skips_bases_that_exist(fake_docker):
 def test_arm64_bases_are_named_by_platform_and_bootstrapped_for_arm64():
     from pathlib import Path
 
-    from imagefactory.build.bootstrap import BASES, base_ref, mmdebstrap_argv
+    from imagefactory.build.bootstrap import BASES, mmdebstrap_argv
     from imagefactory.errors import UsageError
+    from imagefactory.plan.platforms import base_ref
 
     assert base_ref("imagefactory/base:bookworm-build") == "imagefactory/base:bookworm-build"
     assert base_ref("imagefactory/base:bookworm-build", "linux/arm64") == "imagefactory/base:bookworm-build-arm64"

@@ -137,14 +137,14 @@ def test_build_json_never_keeps_a_stale_ok(fake_docker, hopper, tmp_path: Path, 
     root.mkdir()
     (tmp_path / "elsewhere").mkdir()
     (root / ".build").symlink_to(tmp_path / "elsewhere")
-    monkeypatch.setattr(images, "ensure_bases", lambda client, target: None)
+    monkeypatch.setattr(images, "ensure_bases", lambda client, target, platform: None)
     client = DockerClient(str(capable_docker(fake_docker)), "classic", "20.10.24")
     result = build_one(client, hopper, BuildOptions(release="r1", root=root, reports_dir=reports, show_output=False))
     record = json.loads((reports / hopper.id / "build.json").read_text())
     assert not result.ok and record["ok"] is False and "symbolic link" in record["reason"]
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
-    def crash(client, target):
+    def crash(client, target, platform):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(images, "ensure_bases", crash)

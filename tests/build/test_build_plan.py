@@ -11,15 +11,21 @@ from imagefactory.build.docker import parse_version
 from imagefactory.build.gate import failing_checks, gate_tags, step_commands
 from imagefactory.build.images import (
     BnbChoice,
+    BuildOptions,
     BuildResult,
     build_args,
+    check_options,
     choose_bnb,
     extra_certificates,
     human_size,
     local_tree_version,
+    platform_for,
     summary_table,
+    targets_for_platform,
 )
-from imagefactory.errors import BuildFailedError
+from imagefactory.errors import BuildFailedError, UsageError
+from imagefactory.plan.expand import resolve_target
+from imagefactory.tags import is_gate_ref
 
 
 def bnb_tree(root: Path, version: str = "0.50.2") -> Path:
@@ -107,6 +113,34 @@ def test_gate_tags_floating_then_immutable(hopper):
         "imagefactory:hopper-cu130-latest",
         "imagefactory:hopper-cu130-torch2.14.1-20261127",
     )
+
+
+def test_arm64_gate_tags_end_in_the_platform_and_are_told_apart(hopper):
+    refs = gate_tags(hopper, "20261127", "linux/arm64")
+    assert refs == ("imagefactory:hopper-cu130-arm64", "imagefactory:hopper-cu130-latest-arm64",
+                    "imagefactory:hopper-cu130-torch2.14.1-20261127-arm64")
+    assert all(is_gate_ref(hopper, ref, "linux/arm64") and not is_gate_ref(hopper, ref) for ref in refs)
+    assert not any(is_gate_ref(hopper, ref, "linux/arm64") for ref in gate_tags(hopper, "20261127"))
+
+
+def test_arm64_takes_pypis_wheel_and_refuses_a_source_tree(tmp_path, hopper):
+    choice = choose_bnb(hopper, None, lambda: True, "linux/arm64")  # git reachable: still the wheel
+    assert choice.source == "wheel" and "linux/arm64 wheel" in choice.note
+    with pytest.raises(UsageError, match="--bnb-source cannot be used for linux/arm64"):
+        choose_bnb(hopper, tmp_path, lambda: True, "linux/arm64")
+    with pytest.raises(UsageError, match="--bnb-source cannot be used with --platform linux/arm64"):
+        check_options(BuildOptions(release="r1", bnb_source=tmp_path, platform="linux/arm64"))
+
+
+def test_platform_picks_targets_and_defaults_to_each_targets_first(matrix, hopper, capsys):
+    ampere, gb10 = resolve_target(matrix, "ampere-cu121"), resolve_target(matrix, "gb10-cu130")
+    assert hopper.build_platforms == ("linux/amd64", "linux/arm64") and gb10.build_platforms == ("linux/arm64",)
+    assert ampere.build_platforms == ("linux/amd64",)  # torch from PyTorch's index: amd64 only
+    assert platform_for(hopper, None) == "linux/amd64" and platform_for(gb10, None) == "linux/arm64"
+    assert targets_for_platform([hopper, ampere, gb10], "linux/arm64") == [hopper, gb10]
+    assert "skipping 1 target(s) not built for it: ampere-cu121" in capsys.readouterr().err
+    with pytest.raises(UsageError, match="--platform linux/arm64: ampere-cu121 is not built for it"):
+        targets_for_platform([ampere], "linux/arm64")
 
 
 @pytest.mark.parametrize(("text", "expected"), [("20.10.24+dfsg1", (20, 10)), ("28.2.2", (28, 2)),

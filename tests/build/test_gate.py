@@ -32,13 +32,14 @@ def identity(target) -> dict[str, str]:
     return {key: target.labels[key] for key in IDENTITY_LABELS}
 
 
-def inspect_answer(target_labels: dict[str, str], repo_tags: tuple[str, ...] = ()) -> str:
-    return json.dumps([{"Id": IMAGE, "RepoTags": list(repo_tags), "Config": {"Labels": target_labels}}])
+def inspect_answer(target_labels: dict[str, str], repo_tags: tuple[str, ...] = (), arch: str = "amd64") -> str:
+    return json.dumps([{"Id": IMAGE, "RepoTags": list(repo_tags), "Architecture": arch, "Config": {"Labels": target_labels}}])
 
 
-def gate_docker(fake_docker, probe_status: str, smoke_exit: int = 0, repo_tags: tuple[str, ...] = (), labels: dict | None = None):
+def gate_docker(fake_docker, probe_status: str, smoke_exit: int = 0, repo_tags: tuple[str, ...] = (), labels: dict | None = None,
+                arch: str = "amd64"):
     probe_exit = 0 if probe_status != "fail" else 1
-    inspect = inspect_answer(HOPPER_LABELS if labels is None else labels, repo_tags)
+    inspect = inspect_answer(HOPPER_LABELS if labels is None else labels, repo_tags, arch)
     return DockerClient(str(fake_docker(
         f"*probe\\ smoke*) echo '{probe_report('pass')}'; exit {smoke_exit} ;;\n"
         f"*probe\\ fresh-kernel*|*probe\\ workload*) echo '{probe_report('pass')}' ;;\n"
@@ -66,6 +67,42 @@ def test_gate_pass_seals_then_tags_floating_and_immutable(fake_docker, hopper, t
     assert report["sealed_image"] == SEALED
     text = Path(f"{fake_docker.log}.dockerfile").read_text()  # the seal: one LABEL instruction on the candidate
     assert text.startswith(f"FROM {IMAGE}\nLABEL ") and 'io.imagefactory.gate="passed"' in text and 'io.imagefactory.gate.mode="cpu"' in text
+
+
+def test_an_arm64_image_is_gated_under_emulation_in_cpu_mode_and_tagged_with_its_suffix(fake_docker, hopper, tmp_path, capsys):
+    client = gate_docker(fake_docker, "pass", arch="arm64")
+    result = gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path / "reports", gpus=True,
+                        platform="linux/arm64")  # a GPU on the host cannot serve an emulated process
+    assert result.passed and result.mode == "cpu" and result.platform == "linux/arm64"
+    calls = fake_docker.log.read_text().splitlines()
+    assert not any("--gpus" in c for c in calls)
+    assert [c for c in calls if c.startswith("tag")] == [  # never the host platform's names
+        f"tag -- {SEALED} imagefactory:hopper-cu130-arm64",
+        f"tag -- {SEALED} imagefactory:hopper-cu130-latest-arm64",
+        f"tag -- {SEALED} imagefactory:hopper-cu130-torch2.14.1-r1-arm64",
+    ]
+    report = json.loads((tmp_path / "reports" / "hopper-cu130-arm64" / "gate.json").read_text())
+    assert report["platform"] == "linux/arm64" and report["target"] == "hopper-cu130" and report["mode"] == "cpu"
+    assert not (tmp_path / "reports" / "hopper-cu130").exists()  # the amd64 image's reports are its own
+    assert "QEMU user emulation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("arch", "platform", "says"), [("arm64", "linux/amd64", "gate --platform linux/arm64"),
+                                                        ("amd64", "linux/arm64", "is linux/amd64, not linux/arm64")])
+def test_gate_refuses_an_image_of_another_platform(fake_docker, hopper, tmp_path, arch, platform, says):
+    client = gate_docker(fake_docker, "pass", arch=arch)
+    with pytest.raises(UsageError, match=says):
+        gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path / "reports", platform=platform)
+    assert not any(c.startswith(("run", "tag")) for c in fake_docker.log.read_text().splitlines())
+
+
+def test_a_failed_arm64_regate_removes_only_arm64_tags(fake_docker, hopper, tmp_path):
+    tags = ("imagefactory:hopper-cu130-arm64", "imagefactory:hopper-cu130-torch2.14.1-r0-arm64", "imagefactory:hopper-cu130",
+            "imagefactory:hopper-cu130-torch2.14.1-r0")  # the last two: names another gate gave (never touched here)
+    client = gate_docker(fake_docker, "fail", repo_tags=tags, arch="arm64")
+    gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path / "reports", platform="linux/arm64")
+    removed = [c.split()[-1] for c in fake_docker.log.read_text().splitlines() if c.startswith("image rm")]
+    assert removed == list(tags[:2])
 
 
 @pytest.mark.parametrize("key", IDENTITY_LABELS)

@@ -35,9 +35,10 @@ def test_rendering_is_deterministic(matrix: Matrix) -> None:
 def test_write_only_when_changed_and_check(matrix: Matrix, tmp_path: Path) -> None:
     targets = [resolve_target(matrix, i) for i in ("hopper-cu130", "ampere-cu126")]
     rendered = render.render_all(targets, FIXTURE)
-    assert {str(d) for d in render.check(rendered, tmp_path)} == {
-        "dockerfiles/hopper-cu130/Dockerfile: missing", "dockerfiles/ampere-cu126/Dockerfile: missing"}
-    assert len(render.write(rendered, tmp_path)) == 2
+    assert {str(d) for d in render.check(rendered, tmp_path)} == {  # hopper is built for amd64 and arm64: two files
+        "dockerfiles/hopper-cu130/Dockerfile: missing", "dockerfiles/hopper-cu130/Dockerfile.arm64: missing",
+        "dockerfiles/ampere-cu126/Dockerfile: missing"}
+    assert len(render.write(rendered, tmp_path)) == 3
     path = tmp_path / "dockerfiles/hopper-cu130/Dockerfile"
     before = path.stat().st_mtime_ns
     assert render.write(rendered, tmp_path) == []  # unchanged: nothing rewritten
@@ -45,13 +46,18 @@ def test_write_only_when_changed_and_check(matrix: Matrix, tmp_path: Path) -> No
     path.write_text("edited\n")
     (tmp_path / "dockerfiles/gone-cu999").mkdir()
     (tmp_path / "dockerfiles/gone-cu999/Dockerfile").write_text(f"# old {render.GENERATED_MARK}\n")
+    (tmp_path / "dockerfiles/ampere-cu126/Dockerfile.arm64").write_text(f"# old {render.GENERATED_MARK}\n")
+    (tmp_path / "dockerfiles/ampere-cu126/Dockerfile.mine").write_text("# written by hand: never pruned\n")
     drift = {str(d) for d in render.check(rendered, tmp_path)}
-    assert drift == {"dockerfiles/hopper-cu130/Dockerfile: changed", "dockerfiles/gone-cu999/Dockerfile: stale"}
+    assert drift == {"dockerfiles/hopper-cu130/Dockerfile: changed", "dockerfiles/gone-cu999/Dockerfile: stale",
+                     "dockerfiles/ampere-cu126/Dockerfile.arm64: stale"}
     assert render.check(rendered, tmp_path, prune=False) == [render.Drift(Path("dockerfiles/hopper-cu130/Dockerfile"),
                                                                           "changed")]
     render.write(rendered, tmp_path)
     assert render.check(rendered, tmp_path) == []
     assert not (tmp_path / "dockerfiles/gone-cu999").exists()
+    assert not (tmp_path / "dockerfiles/ampere-cu126/Dockerfile.arm64").exists()
+    assert (tmp_path / "dockerfiles/ampere-cu126/Dockerfile.mine").exists()
 
 
 def test_template_error_names_the_place(matrix: Matrix, tmp_path: Path) -> None:

@@ -72,5 +72,40 @@ def test_docs_mark_a_gated_target_only_at_the_torch_it_was_gated_with(tmp_path):
     write(tmp_path, [ENTRY, stale])
     files = generate(all_targets(matrix), docs_dir=tmp_path)
     rows = {t["id"]: t for t in json.loads(files[tmp_path / "supported-tags.json"])["targets"]}
-    assert rows["hopper-cu130"]["gated"] == {"mode": "cpu", "where": "x86_64 build host, no GPU", "date": "2026-12-01"}
+    assert rows["hopper-cu130"]["gated"] == {"mode": "cpu", "where": "x86_64 build host, no GPU", "date": "2026-12-01",
+                                             "platforms": ["linux/amd64"]}
     assert rows["ampere-cu130"]["gated"] is None  # gated with another torch than the matrix's now
+
+
+def test_an_arm64_gate_is_recorded_next_to_the_amd64_one_and_select_tells_them_apart(tmp_path, capsys):
+    from imagefactory.plan.expand import all_targets, resolve_target
+    from imagefactory.plan.matrix import load_matrix
+    from probe.select import main as select_main
+
+    matrix = load_matrix(REPO_ROOT / "matrix.yaml")
+    hopper = resolve_target(matrix, "hopper-cu130")
+    record = write(tmp_path, [ENTRY])
+    reports = tmp_path / "reports" / "hopper-cu130-arm64"
+    reports.mkdir(parents=True)
+    (reports / "gate.json").write_text(json.dumps({"target": "hopper-cu130", "result": "passed", "mode": "cpu", "image_id": IMAGE,
+                                                    "finished": "2026-12-01T05:00:00Z", "platform": "linux/amd64"}))
+    with pytest.raises(UsageError, match="a gate of the linux/amd64 image, not linux/arm64"):  # a report in the wrong place
+        gated.record_gate(hopper, "x86_64 build host, QEMU", tmp_path / "reports", record, "linux/arm64")
+    (reports / "gate.json").write_text(json.dumps({"target": "hopper-cu130", "result": "passed", "mode": "cpu", "image_id": IMAGE,
+                                                    "finished": "2026-12-01T05:00:00Z", "platform": "linux/arm64"}))
+    line = gated.record_gate(hopper, "x86_64 build host, QEMU", tmp_path / "reports", record, "linux/arm64")
+    assert line.endswith("hopper-cu130 (linux/arm64): CPU gate, x86_64 build host, QEMU, 2026-12-01")
+    assert set(gated.load(record)) == {"hopper-cu130", "hopper-cu130-arm64"}
+    with pytest.raises(UsageError, match="ampere-cu121 is built for linux/amd64 only"):
+        gated.record_gate(resolve_target(matrix, "ampere-cu121"), "x", tmp_path / "reports", record, "linux/arm64")
+
+    files = generate(all_targets(matrix), docs_dir=tmp_path)
+    rows = {t["id"]: t for t in json.loads(files[tmp_path / "supported-tags.json"])["targets"]}
+    assert rows["hopper-cu130"]["gated"]["platforms"] == ["linux/amd64", "linux/arm64"]
+    assert "arm64: CPU gate, x86_64 build host, QEMU, 2026-12-01" in files[tmp_path / "supported-tags.md"]
+    # select on a GH200 (arm64) prefers an image gated for arm64, and says when the one it picks was not
+    tags_file = tmp_path / "tags.json"
+    only_amd64 = [dict(rows["hopper-cu130"], gated=dict(rows["hopper-cu130"]["gated"], platforms=["linux/amd64"]))]
+    tags_file.write_text(json.dumps(only_amd64))
+    assert select_main(["--tags-file", str(tags_file), "--gpu-sm", "9.0", "--driver", "580.65", "--platform", "linux/arm64"]) == 0
+    assert "NOT GATED for linux/arm64: only its linux/amd64 image passed a gate" in capsys.readouterr().out

@@ -7,12 +7,13 @@ import hashlib
 import json
 import subprocess
 import tarfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from imagefactory.build.docker import label_child
+from imagefactory.build.docker import build_rootfs_image, dockerfile_label, label_child
 from imagefactory.errors import PushFailedError
 from imagefactory.publish.push import (
     GATE_IMAGE_LABEL,
@@ -23,6 +24,7 @@ from imagefactory.publish.push import (
     GateReport,
     LocalDocker,
     publish,
+    publish_index,
     seal_labels,
 )
 from imagefactory.publish.registry import Registry, RepoRef
@@ -46,8 +48,9 @@ def docker(*args: str) -> str:
     return done.stdout.strip()
 
 
-def tiny_image(tmp_path: Path, content: str, *, sbom: bool = True, target_id: str = TARGET) -> str:
-    """A one-file image (docker import of a tar), labelled like a build of `target_id`; returns its ID."""
+def tiny_image(tmp_path: Path, content: str, *, sbom: bool = True, target_id: str = TARGET, platform: str = "linux/amd64") -> str:
+    """A one-file image (docker import of a tar; for linux/arm64 BuildKit FROM scratch, as bootstrap makes arm64 bases),
+    labelled like a build of `target_id`; returns its ID."""
     root = tmp_path / f"root-{content}"
     if (tmp_path / f"{content}.id").exists():  # one image per content within a test (import stamps a new date)
         return (tmp_path / f"{content}.id").read_text()
@@ -60,8 +63,13 @@ def tiny_image(tmp_path: Path, content: str, *, sbom: bool = True, target_id: st
     labels = {key: target.labels[key] for key in IDENTITY_LABELS} | {"io.imagefactory.target": target_id}
     if sbom:
         labels[SBOM_LABEL] = "/opt/imagefactory/sbom.cdx.json"
-    change = [arg for key, value in labels.items() for arg in ("-c", f"LABEL {key}={value}")]
-    image_id = docker("import", *change, str(archive), f"imagefactory-test/{tmp_path.name.lower()}:{content}")
+    name = f"imagefactory-test/{tmp_path.name.lower()}:{content}"
+    if platform != "linux/amd64":
+        build_rootfs_image(LocalDocker().client, archive, name, [f"LABEL {dockerfile_label(k, v)}" for k, v in labels.items()], platform)
+        image_id = docker("image", "inspect", "--format", "{{.Id}}", name)
+    else:
+        change = [arg for key, value in labels.items() for arg in ("-c", f"LABEL {key}={value}")]
+        image_id = docker("import", *change, str(archive), name)
     (tmp_path / f"{content}.id").write_text(image_id)
     return image_id
 
@@ -295,3 +303,68 @@ def test_zstd_push_without_skopeo_is_one_line_and_pushes_nothing(tmp_path: Path,
     with pytest.raises(DockerSetupError, match="needs skopeo"):
         zstd_push(tmp_path, repo, tiny_image(tmp_path, "n"), "20261201")
     assert Registry(repo).image("hopper-cu130-torch2.14.1-20261201") is None
+
+
+def index_entries(repo: RepoRef, tag: str) -> dict[str, str]:
+    """`os/architecture` -> manifest digest of the image index under `tag`, read from the registry itself."""
+    accept = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json"
+    request = urllib.request.Request(f"http://{repo.host}/v2/{repo.name}/manifests/{tag}", headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        index = json.loads(answer.read())
+    return {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"] for m in index["manifests"]}
+
+
+def test_two_platforms_publish_one_image_index_under_every_tag(tmp_path: Path, repo: RepoRef) -> None:
+    """amd64 + arm64 gated images of one release: each under its own immutable tag, one image index of both under
+    the release's immutable and floating tags; a rerun changes nothing; other content under the release is refused."""
+    amd64, arm64 = tiny_image(tmp_path, "a"), tiny_image(tmp_path, "arm", platform="linux/arm64")
+    assert docker("image", "inspect", "--format", "{{.Architecture}}", arm64) == "arm64"
+    reports = {"linux/amd64": gate_report(tmp_path, amd64), "linux/arm64": gate_report(tmp_path, arm64)}
+    assert docker("image", "inspect", "--format", "{{.Architecture}}", reports["linux/arm64"].sealed_image) == "arm64"
+    tags = release_tags(hopper_target(), "20261127")
+    said: list[str] = []
+    result = publish_index(tags, reports, hopper_target(), repo, LocalDocker(), Registry(repo), say=said.append, allow_cpu_gate=True)
+    registry = Registry(repo)
+    per_platform = {p: registry.image(f"hopper-cu130-torch2.14.1-20261127-{p[6:]}") for p in reports}
+    assert per_platform["linux/amd64"].labels[GATE_IMAGE_LABEL] == amd64  # type: ignore[union-attr]
+    assert per_platform["linux/arm64"].labels[GATE_IMAGE_LABEL] == arm64  # type: ignore[union-attr]
+    for tag in ("hopper-cu130-torch2.14.1-20261127", "hopper-cu130", "hopper-cu130-latest"):
+        remote = registry.image(tag)
+        assert remote is not None and remote.digest == result.digest, tag
+        assert remote.platforms == ("linux/amd64", "linux/arm64") and remote.labels[GATE_IMAGE_LABEL] == amd64, tag
+        assert index_entries(repo, tag) == {p: image.digest for p, image in per_platform.items()}, tag  # type: ignore[union-attr]
+    assert result.platforms == ("linux/amd64", "linux/arm64") and not result.already_there
+
+    again = publish_index(tags, reports, hopper_target(), repo, LocalDocker(), Registry(repo), say=said.append, allow_cpu_gate=True)
+    assert again.already_there and again.digest == result.digest
+    other = {"linux/amd64": reports["linux/amd64"], "linux/arm64": gate_report(tmp_path, tiny_image(tmp_path, "arm2", platform="linux/arm64"))}
+    with pytest.raises(PushFailedError, match="is linux/arm64, not linux/amd64"):  # reports swapped: nothing pushed
+        publish_index(release_tags(hopper_target(), "2"), {"linux/amd64": reports["linux/arm64"], "linux/arm64": reports["linux/amd64"]},
+                      hopper_target(), repo, LocalDocker(), Registry(repo), allow_cpu_gate=True)
+    with pytest.raises(PushFailedError, match="already exists with different content"):
+        publish_index(tags, {"linux/amd64": gate_report(tmp_path, tiny_image(tmp_path, "b")), "linux/arm64": other["linux/arm64"]},
+                      hopper_target(), repo, LocalDocker(), Registry(repo), allow_cpu_gate=True)
+    assert registry.image("hopper-cu130").digest == result.digest  # type: ignore[union-attr]
+    assert sorted(registry.tags()) == sorted(["hopper-cu130", "hopper-cu130-latest", "hopper-cu130-torch2.14.1-20261127",
+                                              "hopper-cu130-torch2.14.1-20261127-amd64", "hopper-cu130-torch2.14.1-20261127-arm64"])
+
+
+def test_cli_push_of_two_platforms_and_probe_select_ignores_the_per_platform_tags(tmp_path: Path, repo: RepoRef, capsys) -> None:
+    from imagefactory.cli import main as cli_main
+    from probe.select import main as select_main
+
+    for unit, image in ((TARGET, tiny_image(tmp_path, "a")), (f"{TARGET}-arm64", tiny_image(tmp_path, "arm", platform="linux/arm64"))):
+        (tmp_path / "reports" / unit).mkdir(parents=True)
+        (tmp_path / "reports" / unit / "gate.json").write_text(
+            json.dumps({"target": TARGET, "image_id": image, "result": "passed", "sealed_image": seal(tmp_path, image)}))
+    argv = ["push", TARGET, "--registry", str(repo), "--release", "20261127", "--reports-dir", str(tmp_path / "reports"),
+            "--platform", "linux/amd64", "--platform", "linux/arm64", "--allow-cpu-gate"]
+    assert cli_main(argv) == 0
+    assert "an index of linux/amd64, linux/arm64" in capsys.readouterr().out
+    record = json.loads((tmp_path / "reports" / TARGET / "release.json").read_text())
+    assert record["platforms"] == ["linux/amd64", "linux/arm64"] and record["digest"] == Registry(repo).image("hopper-cu130").digest  # type: ignore[union-attr]
+    assert select_main(["--repo", str(repo), "--gpu-sm", "9.0", "--driver", "580.65", "--quiet"]) == 0
+    assert capsys.readouterr().out == f"{repo}:hopper-cu130-torch2.14.1-20261127\n"
+    # a platform the target is not built for: one line, exit 2, nothing read or pushed
+    assert cli_main(["push", "ampere-cu121", "--registry", str(repo), "--platform", "linux/arm64"]) == 2
+    assert "ampere-cu121 is built for linux/amd64 only" in capsys.readouterr().err
