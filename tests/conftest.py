@@ -19,6 +19,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="also run the tests marked slow (property tests, hadolint); make test and CI pass it")
     parser.addoption("--target", default="hopper-cu130",
                      help="image suite (tests/build/test_build_image.py): the target whose image it inspects")
+    parser.addoption("--platform", default=None,
+                     help="image suite: the image's platform (linux/arm64: built here and run under QEMU emulation)")
     parser.addoption("--image", default=None,
                      help="image suite: inspect this image (ID or reference) instead of building --target through the CLI")
 

@@ -323,7 +323,8 @@ def _build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line
             )
         if not done.ok or not iidfile.exists():
             error = _build_error(done.tail)
-            unpullable = [ref for ref in (target.base.build, target.base.runtime) if not image_exists(client, ref)]
+            unpullable = [ref for ref in (base_ref(target.base.build, opts.platform), base_ref(target.base.runtime, opts.platform))
+                          if not image_exists(client, ref)]
             if unpullable and any(sign in error for sign in PULL_FAILURES):
                 raise BuildFailedError(f"{target.id}: base image {unpullable[0]} is not here and cannot be pulled "
                                        f"(no registry reachable): build this target where one is (log: {log_file})")

@@ -290,18 +290,15 @@ def publish(
     digest, already_there = push_immutable(tags.immutable, sealed, repo, docker, registry, say, compression)
     source = f"{repo}@{digest}" if already_there else immutable_ref  # pulled below only if a floating tag must move
 
+    if compression != "gzip":
+        copy_floating(tags.floating, digest, repo, docker, registry, say)
+        return PushResult(str(repo), tags.immutable, digest, tags.floating, already_there=already_there, platforms=(platform,))
     pulled = not already_there  # a fresh push leaves the image local
     for tag in tags.floating:
         ref = f"{repo}:{tag}"
         current = registry.image(tag)
         if current is not None and current.digest == digest:
             say(f"{ref} already at {digest}")
-            continue
-        if compression != "gzip":
-            say(f"moving {ref} → {digest}")
-            moved = docker.copy_tag(f"{repo}@{digest}", ref, repo.plain_http)
-            if moved != digest:
-                raise PushFailedError(f"{ref}: copied {moved}, expected {digest}; check the registry by hand")
             continue
         if not pulled:
             docker.pull(source)  # the local copy to move floating tags from (its layers are mostly local)
@@ -357,18 +354,25 @@ def publish_index(
             raise PushFailedError(f"{index_ref}: registry reports {landed.digest if landed else 'no manifest'} "
                                   f"({', '.join(landed.platforms) if landed else '-'}) after pushing the index {digest}; "
                                   "floating tags left unchanged")
-    for tag in tags.floating:
+    copy_floating(tags.floating, digest, repo, docker, registry, say)
+    return PushResult(str(repo), tags.immutable, digest, tags.floating, already_there=remote is not None,
+                      platforms=tuple(platforms))
+
+
+def copy_floating(floating: Sequence[str], digest: str, repo: RepoRef, docker: DockerOps, registry: Registry,
+                  say: Callable[[str], None]) -> None:
+    """Point each floating tag at `digest` by copying inside the registry (skopeo: the same manifest, or the same
+    index with every image it lists); a tag already there is left alone."""
+    for tag in floating:
         ref = f"{repo}:{tag}"
         current = registry.image(tag)
         if current is not None and current.digest == digest:
             say(f"{ref} already at {digest}")
             continue
         say(f"moving {ref} → {digest}")
-        moved = docker.copy_tag(f"{repo}@{digest}", ref, repo.plain_http)  # the index and every image it lists
+        moved = docker.copy_tag(f"{repo}@{digest}", ref, repo.plain_http)
         if moved != digest:
             raise PushFailedError(f"{ref}: copied {moved}, expected {digest}; check the registry by hand")
-    return PushResult(str(repo), tags.immutable, digest, tags.floating, already_there=remote is not None,
-                      platforms=tuple(platforms))
 
 
 def write_release_record(result: PushResult, target_id: str, reports_dir: Path = REPORTS_DIR) -> Path:

@@ -3,6 +3,7 @@
     pytest tests/build/test_build_image.py                                  # builds hopper-cu130 through the CLI
     pytest tests/build/test_build_image.py --target ampere-cu128            # builds that target
     pytest tests/build/test_build_image.py --target T --image ID_OR_REF     # inspects an image built already
+    pytest tests/build/test_build_image.py --platform linux/arm64           # the arm64 build (runs under QEMU)
 
 The matrix is the CLI's ($IMAGEFACTORY_MATRIX, else ./matrix.yaml). Without `--image` the session
 fixture builds through the real CLI (`python -m imagefactory build T`), so the gate runs too. Everything
@@ -25,11 +26,13 @@ from pathlib import Path
 import pytest
 
 from imagefactory.build.docker import detect, image_inspect
+from imagefactory.build.gate import report_id
 from imagefactory.build.images import HOST_CA_BUNDLE, extra_certificates
 from imagefactory.cli import default_matrix_path
 from imagefactory.plan.expand import resolve_target
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.model import Target
+from imagefactory.plan.platforms import debian_arch, platform_suffix
 from imagefactory.plan.render import REPO_ROOT
 
 pytestmark = pytest.mark.docker
@@ -53,12 +56,17 @@ def target(request) -> Target:
 
 
 @pytest.fixture(scope="session")
+def platform(request, target: Target) -> str:
+    return request.config.getoption("--platform") or target.build_platforms[0]
+
+
+@pytest.fixture(scope="session")
 def site(target: Target) -> str:
     return f"/opt/venv/lib/python{target.python}/site-packages"
 
 
 @pytest.fixture(scope="session")
-def built(request, target: Target) -> Built:
+def built(request, target: Target, platform: str) -> Built:
     image = request.config.getoption("--image")
     if image:
         info = image_inspect(detect(), image)
@@ -66,11 +74,11 @@ def built(request, target: Target) -> Built:
             pytest.fail(f"--image {image}: no such image in the local store")
         return Built(info["Id"], built_here=False)
     bnb_tree = request.config.getoption("--bnb-source")
-    argv = [sys.executable, "-m", "imagefactory", "build", target.id, "--release", RELEASE, "--quiet"]
+    argv = [sys.executable, "-m", "imagefactory", "build", target.id, "--release", RELEASE, "--quiet", "--platform", platform]
     if bnb_tree:
         argv += ["--bnb-source", bnb_tree]
     done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-    record = REPORTS / target.id / "build.json"
+    record = REPORTS / report_id(target, platform) / "build.json"
     image_id = json.loads(record.read_text()).get("image_id") if record.exists() else None
     if image_id is None:
         pytest.fail(f"build of {target.id} produced no image (exit {done.returncode}):\n{done.stderr[-3000:]}")
@@ -95,9 +103,9 @@ def nvidia(target: Target) -> None:
         pytest.skip(f"{target.id} is not an NVIDIA target")
 
 
-def report(target: Target, name: str, built: Built) -> dict:
-    """reports/<target>/<name>.json of the build that made this image (skips when there is none)."""
-    path = REPORTS / target.id / f"{name}.json"
+def report(target: Target, name: str, built: Built, platform: str) -> dict:
+    """reports/<target>[-arm64]/<name>.json of the build that made this image (skips when there is none)."""
+    path = REPORTS / report_id(target, platform) / f"{name}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     if data.get("image_id") != built.image_id:
         pytest.skip(f"{path}: no report for image {built.image_id[:19]} (built elsewhere)")
@@ -111,10 +119,10 @@ def in_image(client, image: str, script: str) -> str:
     return done.stdout
 
 
-def test_gate_passed_and_sealed_and_tagged_the_image(built, client, target):
+def test_gate_passed_and_sealed_and_tagged_the_image(built, client, target, platform):
     if built.built_here:
         assert built.returncode == 0, built.output[-3000:]
-    gate = report(target, "gate", built)
+    gate = report(target, "gate", built, platform)
     assert gate["result"] == "passed"
     assert [s["name"] for s in gate["steps"]][:3] == ["probe", "smoke", "fresh-kernel"]
     assert gate["mode"] == "gpu" or any(s["skipped"] for s in gate["steps"]), "CPU mode says what it skipped"
@@ -125,13 +133,16 @@ def test_gate_passed_and_sealed_and_tagged_the_image(built, client, target):
     assert gate["tags"] and all(image_inspect(client, ref)["Id"] == gate["sealed_image"] for ref in gate["tags"])
     if built.built_here:
         repo = target.image_repo
-        assert gate["tags"] == [f"{repo}:{target.id}", f"{repo}:{target.id}-latest",
-                                f"{repo}:{target.id}-torch{target.torch.version}-{RELEASE}"]
+        suffix = platform_suffix(platform)
+        assert gate["tags"] == [f"{repo}:{target.id}{suffix}", f"{repo}:{target.id}-latest{suffix}",
+                                f"{repo}:{target.id}-torch{target.torch.version}-{RELEASE}{suffix}"]
+    assert gate.get("platform", "linux/amd64") == platform
+    assert image_inspect(client, built.image_id)["Architecture"] == debian_arch(platform)
 
 
-def test_build_says_where_bitsandbytes_came_from(built, config, target):
+def test_build_says_where_bitsandbytes_came_from(built, config, target, platform):
     source = config["Labels"]["io.imagefactory.bitsandbytes-source"]
-    recorded = report(target, "build", built)["bnb_source"]  # what the build decided, from its own record
+    recorded = report(target, "build", built, platform)["bnb_source"]  # what the build decided, from its own record
     assert source == recorded == ("local" if built.bnb_tree else recorded)
     assert source in {"git", "local", "wheel"}
     if built.built_here:
@@ -304,6 +315,15 @@ def test_no_layer_holds_the_ca_bundle_or_a_secret(client, built, tmp_path, targe
         pytest.skip("the host trusts no certificate beyond the image's: no proxy CA to leak")
     archive = tmp_path / "image.tar"
     subprocess.run([client.executable, "save", "-o", str(archive), built.image_id], check=True)
+    try:
+        leaks = _layer_leaks(archive, secret_certs)
+    finally:
+        archive.unlink()  # 7 GB: pytest keeps the last runs' tmp dirs (a full disk took the daemon down once)
+    assert not leaks
+
+
+def _layer_leaks(archive: Path, secret_certs: set[bytes]) -> list[str]:
+    """`layer: path` of every secret mount and every file holding one of `secret_certs` in a `docker save` archive."""
     leaks = []
     with tarfile.open(archive) as outer:
         for member in outer.getmembers():
@@ -318,7 +338,7 @@ def test_no_layer_holds_the_ca_bundle_or_a_secret(client, built, tmp_path, targe
                     data = layer.extractfile(entry).read()
                     if b"BEGIN CERTIFICATE" in data and any(cert in data for cert in secret_certs):
                         leaks.append(f"{member.name}: {entry.name}")
-    assert not leaks
+    return leaks
 
 
 def test_venv_ships_in_the_planned_layers_with_fixed_times(client, built, site, target):
