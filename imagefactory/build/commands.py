@@ -12,7 +12,7 @@ from imagefactory import log
 from imagefactory.build.bootstrap import BASES, bootstrap
 from imagefactory.build.docker import check_image_ref, detect
 from imagefactory.build.gate import candidate_for, gate_image, report_id, require_pass
-from imagefactory.build.images import BuildOptions, build_many, last_built_image, platform_for, targets_for_platform
+from imagefactory.build.images import BuildOptions, build_many, last_built_image
 from imagefactory.plan.expand import resolve_target, select_targets
 from imagefactory.plan.matrix import load_matrix
 from imagefactory.plan.model import Target
@@ -62,8 +62,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_gate(args: argparse.Namespace) -> int:
     target = resolve_target(load_matrix(args.matrix), args.target)
     release = release_or_today(args.release)  # checked before any build: a bad one would fail only at tagging
-    targets_for_platform([target], args.platform)  # exit 2 when the target is not built for the platform asked
-    platform = platform_for(target, args.platform)
+    platform = target.build_platform(args.platform)  # exit 2 when the target is not built for the platform asked
     unit = report_id(target, platform)
     client = detect(args.docker)
     image = args.image or last_built_image(unit, args.reports_dir) or f"{target.image_repo}:{unit}"

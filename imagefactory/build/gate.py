@@ -37,7 +37,7 @@ from imagefactory.build.seal import GATE_IMAGE_LABEL, identity_problems, seal_la
 from imagefactory.errors import GateFailedError, UsageError
 from imagefactory.log import echo
 from imagefactory.plan.model import Target
-from imagefactory.plan.platforms import HOST_PLATFORM, debian_arch, is_cross, platform_suffix
+from imagefactory.plan.platforms import HOST_PLATFORM, debian_arch, is_cross, unit_id
 from imagefactory.run import CommandError
 from imagefactory.tags import gate_refs, is_gate_ref
 
@@ -98,7 +98,7 @@ def gate_tags(target: Target, release: str, platform: str = HOST_PLATFORM) -> tu
 def report_id(target: Target, platform: str = HOST_PLATFORM) -> str:
     """The folder under reports/ (and the lock) of one target's build and gate for a platform: `hopper-cu130`,
     `hopper-cu130-arm64`."""
-    return target.id + platform_suffix(platform)
+    return unit_id(target.id, platform)
 
 
 def failing_checks(report: Any, status: str = "fail") -> list[str]:
@@ -209,15 +209,13 @@ def _gate(client: DockerClient, target: Target, image_id: str, *, release: str, 
         (out_dir / stale).unlink(missing_ok=True)  # a report must describe this image only
     vendor = target.arch.vendor
     if is_cross(platform):  # the host's GPU driver cannot serve an emulated process
-        echo(f"gate {target.id} ({platform}): runs under QEMU user emulation: CPU mode (GPU checks skipped"
-             f"{'; --require-gpu makes that a failure' if require_gpu else ''})")
-        gpus = False
-    gpus = host_has_gpus(vendor) if gpus is None else gpus
+        gpus, why = False, f" ({platform}): runs under QEMU user emulation"
+    else:
+        gpus, why = host_has_gpus(vendor) if gpus is None else gpus, f": no {'AMD' if vendor == 'amd' else 'NVIDIA'} GPU on this host"
     mode: GateMode = "gpu" if gpus else "cpu"
     gpu_args = gpu_run_args(vendor) if gpus else ()
-    if not gpus and not is_cross(platform):
-        echo(f"gate {target.id}: no {'AMD' if vendor == 'amd' else 'NVIDIA'} GPU on this host: CPU mode (GPU checks skipped"
-             f"{'; --require-gpu makes that a failure' if require_gpu else ''})")
+    if not gpus:
+        echo(f"gate {target.id}{why}: CPU mode (GPU checks skipped{'; --require-gpu makes that a failure' if require_gpu else ''})")
     steps = []
     for name, argv in step_commands(require_gpu, target):
         step = run_step(client, image_id, name, argv, gpu_args, out_dir)
@@ -270,6 +268,6 @@ def require_pass(result: GateResult, reports_dir: Path = REPORTS_DIR) -> None:
     if not result.passed:
         raise GateFailedError(
             f"{result.target}: gate failed ({result.mode} mode) for image {result.image_id[:19]}; "
-            f"no tag; report in {reports_dir / (result.target + platform_suffix(result.platform))}/gate.json",
+            f"no tag; report in {reports_dir / unit_id(result.target, result.platform)}/gate.json",
             details=result.failing,
         )

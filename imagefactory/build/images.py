@@ -272,14 +272,10 @@ def ensure_bases(client: DockerClient, target: Target, platform: str = HOST_PLAT
             _bootstrap.bootstrap(client, local, platform=base_platform)
 
 
-def platform_for(target: Target, asked: str | None) -> str:
-    """The platform a build of `target` is for: the one asked, else the target's first (the host's where it has it)."""
-    return asked or target.build_platforms[0]
-
-
 def build_one(client: DockerClient, target: Target, opts: BuildOptions, on_line: Callable[[str], None] | None = None) -> BuildResult:
-    opts = replace(opts, platform=platform_for(target, opts.platform))
-    with target_lock(opts.reports_dir, report_id(target, platform_for(target, opts.platform))):
+    platform = target.build_platform(opts.platform)
+    opts = replace(opts, platform=platform)
+    with target_lock(opts.reports_dir, report_id(target, platform)):
         return _build_one(client, target, opts, on_line)
 
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 from packaging.version import Version
 
+from imagefactory.errors import UsageError
 from imagefactory.plan.platforms import HOST_PLATFORM, dockerfile_name, is_cross
 from probe import tags  # the tag grammar (ids, tags, flavors, dtypes): the probe parses tags with it
 
@@ -289,6 +290,13 @@ class Target:
         """The platforms this factory builds it for: the host's, and its others where its bases are the locally
         bootstrapped slim ones (a vendor base would come from a registry, per platform)."""
         return tuple(p for p in self.platforms if not is_cross(p) or self.flavor == "slim") or (HOST_PLATFORM,)
+
+    def build_platform(self, asked: str | None) -> str:
+        """The platform a build, gate, push or record of it is for: the one asked (UsageError when it is not built for
+        it), else its first (the host's where it has it)."""
+        if asked is not None and asked not in self.build_platforms:
+            raise UsageError(f"--platform {asked}: {self.id} is built for {', '.join(self.build_platforms)} only")
+        return asked or self.build_platforms[0]
 
 
 def immutable_tag(target: Target, release: str) -> str:

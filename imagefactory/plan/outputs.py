@@ -12,7 +12,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from imagefactory.plan.model import Matrix, Target
-from imagefactory.plan.platforms import is_cross, platform_suffix
+from imagefactory.plan.platforms import is_cross, platform_suffix, unit_id
 
 # Facts of matrix.yaml the stdlib-only probe needs on a pod (probe/select.py reads this file).
 PROBE_FACTS_PATH = "probe/matrix_facts.json"
@@ -78,7 +78,7 @@ def bake_file(targets: Iterable[Target], *, cache_dir: str = ".cache/buildx") ->
     bake_targets: dict[str, Any] = {}
     for t in targets:
         for platform in t.build_platforms:  # one Dockerfile per platform: hopper-cu130, hopper-cu130-arm64
-            unit = t.id + platform_suffix(platform)
+            unit = unit_id(t.id, platform)
             bake_targets[bake_name(unit)] = {
                 "context": ".",
                 "dockerfile": t.dockerfile_for(platform),

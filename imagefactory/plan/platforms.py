@@ -46,3 +46,9 @@ def platform_suffix(platform: str) -> str:
     """What a cross-built image's local tags end with (`-arm64`): Docker 20.10's store keeps one platform per name,
     so the push joins `hopper-cu130` and `hopper-cu130-arm64` into one image index under `hopper-cu130`."""
     return "" if not is_cross(platform) else f"-{debian_arch(platform)}"
+
+
+def unit_id(target_id: str, platform: str) -> str:
+    """One target's image for one platform, as reports/, locks, bake and docs/gated.json name it: `hopper-cu130`,
+    `hopper-cu130-arm64`."""
+    return target_id + platform_suffix(platform)

@@ -21,7 +21,6 @@ from imagefactory.build.gate import report_id
 from imagefactory.errors import UsageError
 from imagefactory.plan.expand import all_targets, resolve_target
 from imagefactory.plan.matrix import load_matrix
-from imagefactory.plan.platforms import PLATFORMS
 from imagefactory.publish import sizes
 from imagefactory.publish.docs import drift, generate, write
 from imagefactory.publish.push import (
@@ -67,11 +66,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     target = resolve_target(load_matrix(args.matrix), args.target)
     repo = RepoRef.parse(args.registry)
     tags = release_tags(target, release_or_today(args.release))
-    platforms = list(dict.fromkeys(args.platform or target.build_platforms[:1]))
-    for platform in platforms:
-        if platform not in target.build_platforms:
-            raise UsageError(f"--platform {platform}: {target.id} is built for {', '.join(target.build_platforms)} only "
-                             f"(want one of {', '.join(PLATFORMS)} that it is built for)")
+    platforms = list(dict.fromkeys(target.build_platform(asked) for asked in args.platform or [None]))
     reports = {p: GateReport.read(args.reports_dir / report_id(target, p) / "gate.json") for p in platforms}
     with log.step(f"push {target.id} ({', '.join(platforms)}) to {repo}"):
         if len(platforms) == 1:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from imagefactory.errors import ImageFactoryError, UsageError
 from imagefactory.plan.model import Target, immutable_tag
-from imagefactory.plan.platforms import platform_suffix
+from imagefactory.plan.platforms import unit_id
 from imagefactory.publish.gated import GatedBuild
 from imagefactory.publish.gated import load as load_gated
 
@@ -84,9 +84,8 @@ class SupportedTag:
     gated_platforms: tuple[GatedBuild, ...] = ()  # every platform's record (gated is the first of them)
 
     @classmethod
-    def of(cls, target: Target, gated: GatedBuild | Sequence[GatedBuild] | None = None) -> SupportedTag:
-        records = (gated,) if isinstance(gated, GatedBuild) else tuple(gated or ())
-        current = tuple(g for g in records if g.torch == target.torch.version)
+    def of(cls, target: Target, gated: Sequence[GatedBuild] = ()) -> SupportedTag:
+        current = tuple(g for g in gated if g.torch == target.torch.version)  # each platform's record, at this torch
         kind = target.toolkit.kind
         return cls(
             target_id=target.id,
@@ -119,7 +118,7 @@ class SupportedTag:
 
 def supported_tags(targets: Iterable[Target], gated: Mapping[str, GatedBuild] | None = None) -> list[SupportedTag]:
     record = gated or {}
-    return sorted((SupportedTag.of(t, [record[k] for p in t.build_platforms if (k := t.id + platform_suffix(p)) in record])
+    return sorted((SupportedTag.of(t, [record[k] for p in t.build_platforms if (k := unit_id(t.id, p)) in record])
                    for t in targets), key=lambda row: (row.vendor != "nvidia", row.target_id))
 
 

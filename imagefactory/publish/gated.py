@@ -16,7 +16,7 @@ from pathlib import Path
 
 from imagefactory.errors import UsageError
 from imagefactory.plan.model import Target
-from imagefactory.plan.platforms import HOST_PLATFORM, PLATFORMS, platform_suffix
+from imagefactory.plan.platforms import HOST_PLATFORM, PLATFORMS, unit_id
 
 GATED = Path("docs/gated.json")
 SCHEMA = "imagefactory.gated/1"
@@ -43,7 +43,7 @@ class GatedBuild:
     @property
     def key(self) -> str:
         """What a record is filed under: the target's id, `-arm64` added for an arm64 image."""
-        return self.target + platform_suffix(self.platform)
+        return unit_id(self.target, self.platform)
 
 
 def _entry(raw: object, where: str) -> GatedBuild:
@@ -89,7 +89,7 @@ def dumps(record: dict[str, GatedBuild]) -> str:
 
 def from_reports(target_id: str, torch: str, reports_dir: Path, where: str, platform: str = HOST_PLATFORM) -> GatedBuild:
     """The entry for a target whose last gate passed, from reports/<target>[-arm64]/gate.json."""
-    gate_file = reports_dir / (target_id + platform_suffix(platform)) / "gate.json"
+    gate_file = reports_dir / unit_id(target_id, platform) / "gate.json"
     try:
         gate = json.loads(gate_file.read_text())
     except (OSError, ValueError):
@@ -107,9 +107,7 @@ def record_gate(target: Target, where: str, reports_dir: Path, file: Path = GATE
     """`imagefactory record-gate`: add the target whose last gate passed to docs/gated.json; the line to print."""
     if not WHERE_RE.match(where):
         raise UsageError(f"--where {where[:60]!r}: letters, digits, spaces and ,.:;()/+_=- only (at most 120)")
-    platform = platform or target.build_platforms[0]
-    if platform not in target.build_platforms:
-        raise UsageError(f"--platform {platform}: {target.id} is built for {', '.join(target.build_platforms)} only")
+    platform = target.build_platform(platform)
     record = load(file)
     entry = from_reports(target.id, target.torch.version, reports_dir, where, platform)
     record[entry.key] = entry

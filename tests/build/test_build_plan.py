@@ -19,7 +19,6 @@ from imagefactory.build.images import (
     extra_certificates,
     human_size,
     local_tree_version,
-    platform_for,
     summary_table,
     targets_for_platform,
 )
@@ -136,7 +135,9 @@ def test_platform_picks_targets_and_defaults_to_each_targets_first(matrix, hoppe
     ampere, gb10 = resolve_target(matrix, "ampere-cu121"), resolve_target(matrix, "gb10-cu130")
     assert hopper.build_platforms == ("linux/amd64", "linux/arm64") and gb10.build_platforms == ("linux/arm64",)
     assert ampere.build_platforms == ("linux/amd64",)  # torch from PyTorch's index: amd64 only
-    assert platform_for(hopper, None) == "linux/amd64" and platform_for(gb10, None) == "linux/arm64"
+    assert hopper.build_platform(None) == "linux/amd64" and gb10.build_platform(None) == "linux/arm64"
+    with pytest.raises(UsageError, match="--platform linux/arm64: ampere-cu121 is built for linux/amd64 only"):
+        ampere.build_platform("linux/arm64")
     assert targets_for_platform([hopper, ampere, gb10], "linux/arm64") == [hopper, gb10]
     assert "skipping 1 target(s) not built for it: ampere-cu121" in capsys.readouterr().err
     with pytest.raises(UsageError, match="--platform linux/arm64: ampere-cu121 is not built for it"):
