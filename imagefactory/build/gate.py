@@ -43,6 +43,9 @@ from imagefactory.tags import gate_refs, is_gate_ref
 
 REPORTS_DIR = Path("reports")
 STEP_TIMEOUT_S = 3600  # the CPU smoke run is the slow one; a hung container must not hang CI
+# Under QEMU user emulation every instruction is translated: a smoke training step took ~50 s there against ~2 s
+# natively (docs/benchmarks.md, "arm64"), so an emulated gate's steps get three times the limit.
+EMULATED_STEP_TIMEOUT_S = 3 * STEP_TIMEOUT_S
 
 GateMode = Literal["gpu", "cpu"]
 
@@ -137,9 +140,10 @@ def step_commands(require_gpu: bool, target: Target) -> tuple[tuple[str, tuple[s
     return tuple(steps)
 
 
-def run_step(client: DockerClient, image_id: str, name: str, argv: tuple[str, ...], gpu_args: tuple[str, ...], out_dir: Path) -> StepResult:
+def run_step(client: DockerClient, image_id: str, name: str, argv: tuple[str, ...], gpu_args: tuple[str, ...], out_dir: Path,
+             timeout: float = STEP_TIMEOUT_S) -> StepResult:
     try:
-        done = run_container(client, image_id, argv, network="none", gpu_args=gpu_args, timeout=STEP_TIMEOUT_S)
+        done = run_container(client, image_id, argv, network="none", gpu_args=gpu_args, timeout=timeout)
     except CommandError as error:
         return StepResult(name, argv, -1, (error.message,), "")
     report_name = f"{name}.json"
@@ -218,7 +222,8 @@ def _gate(client: DockerClient, target: Target, image_id: str, *, release: str, 
         echo(f"gate {target.id}{why}: CPU mode (GPU checks skipped{'; --require-gpu makes that a failure' if require_gpu else ''})")
     steps = []
     for name, argv in step_commands(require_gpu, target):
-        step = run_step(client, image_id, name, argv, gpu_args, out_dir)
+        step = run_step(client, image_id, name, argv, gpu_args, out_dir,
+                        EMULATED_STEP_TIMEOUT_S if is_cross(platform) else STEP_TIMEOUT_S)
         steps.append(step)
         if step.skipped:
             names = ", ".join(line.split(":", 1)[0] for line in step.skipped)

@@ -219,6 +219,19 @@ def test_a_hung_gate_step_fails_and_its_container_is_removed(fake_docker, hopper
     assert name.startswith("imagefactory-") and f"rm --force {name}" in calls
 
 
+def test_an_emulated_gate_step_gets_the_emulated_limit(fake_docker, hopper, tmp_path, monkeypatch):
+    """Under QEMU a step runs ~25x slower: the arm64 gate's limit is EMULATED_STEP_TIMEOUT_S, not the native one."""
+    import imagefactory.build.gate as gate
+
+    monkeypatch.setattr(gate, "STEP_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(gate, "EMULATED_STEP_TIMEOUT_S", 0.7)
+    answer = inspect_answer(HOPPER_LABELS, arch="arm64")
+    client = DockerClient(str(fake_docker(f"run\\ *) exec sleep 30 ;;\nrm\\ *) exit 0 ;;\nimage\\ inspect\\ *) echo '{answer}' ;;")),
+                          "classic", "20.10.24")
+    result = gate_image(client, hopper, IMAGE, release="r1", reports_dir=tmp_path, platform="linux/arm64")
+    assert not result.passed and "no answer within 0.7 s" in result.failing[0]
+
+
 def test_require_gpu_reaches_the_probe(fake_docker, hopper, tmp_path):
     client = gate_docker(fake_docker, "pass")
     gate_image(client, hopper, IMAGE, release="r1", require_gpu=True, reports_dir=tmp_path, gpus=False)
