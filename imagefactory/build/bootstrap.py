@@ -3,7 +3,9 @@
 `mmdebstrap --variant=minbase` writes a root filesystem tarball from the distribution's mirror and
 `docker import` turns it into an image. Two images: the runtime base (python3 + venv + CA
 certificates) and the build base (+ headers, gcc/g++, git for bitsandbytes and Triton's launcher
-modules). Their names are what matrix.yaml's slim flavor starts FROM.
+modules). Their names are what matrix.yaml's slim flavor starts FROM. A third, made only when a target's
+compiler stage needs it (`nvcc: {from: debian}`): Debian trixie's build base, whose non-free component holds
+nvidia-cuda-toolkit 12.4 (bookworm's is 11.8); the bitsandbytes stage installs the toolkit on it.
 
 `--platform linux/arm64` (GH200, GB200, DGX Spark) makes the same two for arm64 on an x86 host, named with an
 `-arm64` suffix: mmdebstrap runs the arm64 packages' scripts under QEMU user emulation (binfmt_misc with
@@ -25,7 +27,7 @@ from imagefactory.errors import BootstrapError, CommandError
 from imagefactory.plan.platforms import HOST_PLATFORM, base_ref, debian_arch
 from imagefactory.run import run
 
-SUITE = "bookworm"  # Debian 12: python3 is 3.11, the slim flavor's declared python
+SUITE = "bookworm"  # Debian 12: python3 is 3.11, the slim flavor's declared python (the runtime's OS)
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Documentation, manual pages and translations are never read in an image: leave them out.
 DPKG_EXCLUDES = (
@@ -42,16 +44,16 @@ class BaseSpec:
     ref: str
     packages: tuple[str, ...]
     purpose: str
+    suite: str = SUITE
+    default: bool = True  # made by a plain `imagefactory bootstrap` (else only when a target needs it, or named)
 
 
 RUNTIME_PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
+BUILD_PACKAGES = (*RUNTIME_PACKAGES, "python3-dev", "gcc", "g++", "libc6-dev", "git")
 BASES: tuple[BaseSpec, ...] = (
     BaseSpec(f"imagefactory/base:{SUITE}", RUNTIME_PACKAGES, "runtime: python3, venv, CA certificates"),
-    BaseSpec(
-        f"imagefactory/base:{SUITE}-build",
-        (*RUNTIME_PACKAGES, "python3-dev", "gcc", "g++", "libc6-dev", "git"),
-        "build: + headers, gcc/g++, git",
-    ),
+    BaseSpec(f"imagefactory/base:{SUITE}-build", BUILD_PACKAGES, "build: + headers, gcc/g++, git"),
+    BaseSpec("imagefactory/base:trixie-build", BUILD_PACKAGES, "build on trixie: for Debian's nvcc 12.4", "trixie", False),
 )
 
 
@@ -83,7 +85,7 @@ def mmdebstrap_argv(spec: BaseSpec, out: Path, mirror: str | None = None, arch: 
     if arch != "amd64":
         argv.append(f"--architectures={arch}")
     argv += [f"--dpkgopt={opt}" for opt in DPKG_EXCLUDES]
-    argv += [SUITE, str(out)]
+    argv += [spec.suite, str(out)]
     if mirror:
         argv.append(mirror)
     return argv
@@ -91,9 +93,9 @@ def mmdebstrap_argv(spec: BaseSpec, out: Path, mirror: str | None = None, arch: 
 
 def bootstrap(client: DockerClient, refs: tuple[str, ...] | None = None, *, force: bool = False, mirror: str | None = None,
               platform: str = HOST_PLATFORM) -> list[str]:
-    """Make the missing base images (all of BASES, or those named) for a platform; returns the refs made."""
+    """Make the missing base images (the default ones of BASES, or those named) for a platform; returns the refs made."""
     arch = debian_arch(platform)
-    specs = BASES if refs is None else tuple(s for s in (spec_for(r) for r in refs) if s is not None)
+    specs = tuple(s for s in BASES if s.default) if refs is None else tuple(s for s in (spec_for(r) for r in refs) if s is not None)
     wanted = [s for s in specs if force or not image_exists(client, base_ref(s.ref, platform))]
     if not wanted:
         return []

@@ -32,7 +32,7 @@ def _targets(args: argparse.Namespace) -> list[Target]:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     client = detect(args.docker)
     made = bootstrap(client, force=args.force, mirror=args.mirror, platform=args.platform)
-    for spec in BASES:
+    for spec in (s for s in BASES if s.default or base_ref(s.ref, args.platform) in made):
         ref = base_ref(spec.ref, args.platform)
         log.echo(f"{ref}: {'made' if ref in made else 'present'} ({spec.purpose}, {args.platform})")
     return 0

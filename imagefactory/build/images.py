@@ -122,7 +122,8 @@ def choose_bnb(target: Target, local_tree: Path | None, git_reachable: Callable[
     if bnb.mode == "wheel":
         return BnbChoice("wheel", bnb.version, f"bitsandbytes {bnb.version}: the PyPI wheel (declared mode), one library kept")
     if git_reachable():
-        return BnbChoice("git", bnb.version, f"bitsandbytes {bnb.version} compiled from {bnb.git_url} at {bnb.git_ref}")
+        return BnbChoice("git", bnb.version, f"bitsandbytes {bnb.version} compiled from {bnb.git_url} at {bnb.git_ref} "
+                                             f"with {target.labels.get('io.imagefactory.nvcc', 'the base image toolkit')}")
     if bnb.fallback == "wheel":
         return BnbChoice(
             "wheel", bnb.version,
@@ -261,9 +262,14 @@ def choose_ca_bundle(client: DockerClient, target: Target, explicit: Path | None
 
 def ensure_bases(client: DockerClient, target: Target, platform: str = HOST_PLATFORM) -> None:
     """Bootstrap missing slim bases (for a cross-built platform: its own, and the host's that its file-placing
-    stages use); vendor bases are pulled by the build (a registry is needed)."""
+    stages use; the compiler stage's own Debian base where it has one, `nvcc: {from: debian}`); vendor bases are
+    pulled by the build (a registry is needed)."""
     for base_platform in dict.fromkeys((HOST_PLATFORM, platform) if is_cross(platform) else (platform,)):
-        refs = (target.base.build,) if base_platform != platform else (target.base.build, target.base.runtime)
+        if base_platform != platform:
+            refs: tuple[str, ...] = (target.base.build,)
+        else:
+            compiler = () if is_cross(platform) else (target.nvcc_base,)  # a cross build never compiles
+            refs = tuple(dict.fromkeys((target.base.build, target.base.runtime, *compiler)))
         missing = [ref for ref in refs if not image_exists(client, base_ref(ref, base_platform))]
         local = tuple(ref for ref in missing if _bootstrap.spec_for(ref) is not None)
         if local:

@@ -20,6 +20,7 @@ from imagefactory.errors import ConfigError, RefusedTargetError, UnknownTargetEr
 from imagefactory.plan.model import (
     CellSpec,
     Matrix,
+    NvccSource,
     Refusal,
     RefusedCell,
     ResolvedTorch,
@@ -49,6 +50,15 @@ class Pick:
 
     candidate: Candidate | None  # None: nothing passed
     refusals: tuple[Refusal, ...]  # why the preferred candidates were refused
+
+
+def compiler_of(nvcc: NvccSource) -> str | None:
+    """Where the bitsandbytes stage's device compiler comes from, in one line (None: it has none)."""
+    if nvcc.origin == "debian":
+        return f"debian {' '.join(nvcc.apt)} on {nvcc.base}"
+    if nvcc.origin == "pypi":
+        return f"pypi {' '.join(nvcc.packages)}"
+    return {"base": "the base image's toolkit", "hipcc": "the base image's hipcc"}.get(nvcc.origin)
 
 
 def natural_dtype(candidate: Candidate) -> TrainDtype:
@@ -120,6 +130,8 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         "io.imagefactory.bitsandbytes-library": bnb_library_name(tk),
         "io.imagefactory.platforms": ",".join(platforms),
     }
+    if (compiler := compiler_of(tk.nvcc[flavor.name])) is not None:
+        labels["io.imagefactory.nvcc"] = compiler  # what compiles bitsandbytes (when bitsandbytes-source is git/local)
     if tk.driver_floor:
         labels["io.imagefactory.driver-floor"] = tk.driver_floor
     expect = {
@@ -188,6 +200,9 @@ def build_target(matrix: Matrix, cand: Candidate, target_id: str, *, is_default:
         base=base,
         nvcc=nvcc.origin,
         nvcc_packages=nvcc.packages,
+        nvcc_base=nvcc.base or base.build,
+        nvcc_apt=nvcc.apt,
+        nvcc_host_compiler=nvcc.host_compiler,
         bitsandbytes=bnb,
         bnb_mode="wheel" if bnb.mode == "wheel" or nvcc.origin == "none" else "source",
         payload_name=payload.name,

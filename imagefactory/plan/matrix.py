@@ -64,6 +64,8 @@ VERSION_RE = _compile(schema.VERSION)
 IMAGE_REPO_RE = _compile(schema.IMAGE_REPO)
 IMAGE_REF_RE = _compile(schema.IMAGE_REF)
 REQUIREMENT_RE = _compile(schema.REQUIREMENT)
+APT_PIN_RE = _compile(schema.APT_PIN)
+HOST_COMPILER_RE = _compile(schema.HOST_COMPILER)
 DRIVER_RE = _compile(schema.DRIVER)
 GFX_RE = _compile(schema.GFX)
 INDEX_URL_RE = _compile(schema.INDEX_URL)
@@ -513,7 +515,7 @@ def _toolkits(r: _Reader, value: Any, flavors: Mapping[str, Flavor]) -> dict[str
             if tid != expected:
                 r.doc.problem(p + ("version",), f"toolkit id {tid!r} does not match kind {kind} version {version} "
                                                 f"(expected id {expected!r})")
-        nvcc = _nvcc(r, m.get("nvcc"), p + ("nvcc",), flavors)
+        nvcc = _nvcc(r, m.get("nvcc"), p + ("nvcc",), flavors, version)
         bases: dict[str, BaseImages] = {}
         for flavor, body2 in r.table(m.get("bases", {}), p + ("bases",), non_empty=False).items():
             q = p + ("bases", flavor)
@@ -528,7 +530,7 @@ def _toolkits(r: _Reader, value: Any, flavors: Mapping[str, Flavor]) -> dict[str
     return toolkits
 
 
-def _nvcc(r: _Reader, value: Any, path: Path_, flavors: Mapping[str, Flavor]) -> dict[str, NvccSource]:
+def _nvcc(r: _Reader, value: Any, path: Path_, flavors: Mapping[str, Flavor], version: str | None) -> dict[str, NvccSource]:
     nvcc: dict[str, NvccSource] = {}
     for flavor, src in r.table(value, path).items():
         q = path + (flavor,)
@@ -539,10 +541,22 @@ def _nvcc(r: _Reader, value: Any, path: Path_, flavors: Mapping[str, Flavor]) ->
             continue
         origin = r.choice(m["from"], q + ("from",), schema.NVCC_ORIGINS)
         pkgs = r.optional(m, "packages", q, r.requirements, default=())
+        base = r.optional(m, "base", q, lambda v, q2: r.string(v, q2, regex=IMAGE_REF_RE, what="image reference"))
+        apt = r.optional(m, "apt", q, lambda v, q2: r.str_list(v, q2, lambda v2, q3: r.string(
+            v2, q3, regex=APT_PIN_RE, what="pinned Debian package (NAME=VERSION)")), default=())
+        host = r.optional(m, "host_compiler", q, lambda v, q2: r.string(v, q2, regex=HOST_COMPILER_RE, what="compiler command (g++-12)"))
         if origin == "pypi" and not pkgs:
             r.doc.problem(q, "from: pypi needs a non-empty 'packages' list")
-        if origin is not None and pkgs is not None:
-            nvcc[flavor] = NvccSource(origin, pkgs)  # type: ignore[arg-type]
+        if origin == "debian":
+            if "base" not in m or not apt:
+                r.doc.problem(q, "from: debian needs 'base' (the Debian build image) and a non-empty 'apt' list")
+            elif version and not any(pin.startswith(f"nvidia-cuda-toolkit={version}.") for pin in apt):
+                r.doc.problem(q + ("apt",), f"from: debian needs nvidia-cuda-toolkit={version}.* for CUDA {version} "
+                                            f"(bitsandbytes' library is named for the toolkit it is compiled with)")
+        elif "base" in m or "apt" in m or "host_compiler" in m:
+            r.doc.problem(q, f"'base', 'apt' and 'host_compiler' are for from: debian, not from: {origin or '?'}")
+        if origin is not None and pkgs is not None and apt is not None:
+            nvcc[flavor] = NvccSource(origin, pkgs, base, apt, host)  # type: ignore[arg-type]
     return nvcc
 
 

@@ -21,7 +21,7 @@ from probe import tags  # the tag grammar (ids, tags, flavors, dtypes): the prob
 
 Vendor = Literal["nvidia", "amd"]
 ToolkitKind = Literal["cuda", "rocm"]
-NvccOrigin = Literal["pypi", "base", "hipcc", "none"]
+NvccOrigin = Literal["pypi", "base", "hipcc", "debian", "none"]
 BnbMode = Literal["source", "wheel"]
 TrainDtype = Literal["bf16", "fp16"]
 WarmAct = Literal["swiglu", "geglu"]
@@ -63,6 +63,9 @@ class BaseImages:
 class NvccSource:
     origin: NvccOrigin  # where the build stage's device compiler comes from
     packages: tuple[str, ...] = ()  # pinned PyPI requirements when origin == "pypi"
+    base: str | None = None  # debian: the (bootstrapped) Debian image the compiler stage starts FROM
+    apt: tuple[str, ...] = ()  # debian: pinned packages of its contrib/non-free components ("name=version")
+    host_compiler: str | None = None  # debian: the C++ compiler for the host code (the runtime OS's generation)
 
 
 @dataclass(frozen=True)
@@ -259,6 +262,9 @@ class Target:
     base: BaseImages
     nvcc: NvccOrigin
     nvcc_packages: tuple[str, ...]
+    nvcc_base: str  # the image the bitsandbytes stage starts FROM: base.build, or Debian's for `nvcc: {from: debian}`
+    nvcc_apt: tuple[str, ...]  # the Debian packages that stage installs (from: debian)
+    nvcc_host_compiler: str | None  # the C++ compiler of that stage's host code, where the matrix names one (g++-12)
     bitsandbytes: Bitsandbytes
     bnb_mode: BnbMode  # what the build does: "source" (compile for the SMs) or "wheel" (no compiler: the PyPI wheel)
     payload_name: str

@@ -31,6 +31,9 @@ GFX = r"gfx[0-9a-f]{3,4}"
 IMAGE_REPO = r"[a-z0-9][a-z0-9._/-]{0,199}"
 IMAGE_REF = r"[a-z0-9][a-z0-9._/-]{0,199}(:[A-Za-z0-9._-]{1,128})?(@sha256:[0-9a-f]{64})?"
 REQUIREMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[0-9][0-9A-Za-z.+!-]*"
+# A Debian package pinned to one version, as apt-get takes it: nvidia-cuda-toolkit=12.4.131~12.4.1-2
+HOST_COMPILER = r"(g\+\+|clang\+\+)-[0-9]{1,2}"  # a versioned C++ compiler command: g++-12
+APT_PIN = r"[a-z0-9][a-z0-9.+-]{1,99}=[0-9][A-Za-z0-9.+~-]{0,99}"
 # `{toolkit}` is the only brace allowed: no other format field, no attribute access, no stray brace.
 INDEX_URL = r"(?=.*\{toolkit\})https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/([A-Za-z0-9._~%+-]|\{toolkit\})*)*"
 GIT_URL = r"(https|git|ssh)://([A-Za-z0-9._~-]+@)?[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)+/?"
@@ -44,7 +47,7 @@ SPECIFIER = _TEXT + "{1,200}"  # parsed by packaging.specifiers on top
 VENDORS = ("nvidia", "amd")
 TOOLKIT_KINDS = ("cuda", "rocm")
 CAPABILITIES = ("bf16", "fa2", "fa3", "fp8")
-NVCC_ORIGINS = ("pypi", "base", "hipcc", "none")
+NVCC_ORIGINS = ("pypi", "base", "hipcc", "debian", "none")
 BNB_MODES = ("source", "wheel")
 EXPAND_MODES = ("all", "none")
 TORCH_SOURCES = ("pypi", "any")  # flavors.<f>.torch: pypi = only the PyPI torch build (slim)
@@ -92,7 +95,9 @@ def keys(shape: Schema) -> dict[str, bool]:
 # ---- the sections --------------------------------------------------------------------------------
 BASES = record({"build": string(IMAGE_REF), "runtime": string(IMAGE_REF), "python": string(MAJOR_MINOR)},
                "build", "runtime", "python")
-NVCC_SOURCE = record({"from": choice(NVCC_ORIGINS), "packages": array(string(REQUIREMENT))}, "from")
+NVCC_SOURCE = record({"from": choice(NVCC_ORIGINS), "packages": array(string(REQUIREMENT)),
+                      "base": string(IMAGE_REF), "apt": array(string(APT_PIN)), "host_compiler": string(HOST_COMPILER)},
+                     "from")
 FLAVOR_NAME = choice(FLAVORS)
 
 ARCH = record({

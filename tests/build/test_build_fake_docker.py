@@ -173,3 +173,30 @@ def test_a_rootfs_becomes_an_image_labelled_with_its_platform(tmp_path):
                 assert layer.getmember("tmp").mode & 0o7777 == 0o1777
     finally:
         subprocess.run([client.executable, "rmi", "-f", ref], capture_output=True, check=False)
+
+
+def test_the_trixie_compiler_base_is_bootstrapped_only_for_targets_that_compile_on_it(fake_docker, matrix, monkeypatch):
+    """A plain bootstrap makes the slim flavor's two bases; a cu124 slim build also the trixie one its
+    bitsandbytes stage starts FROM (Debian's nvcc 12.4), and mmdebstrap is asked for trixie."""
+    from pathlib import Path
+
+    from imagefactory.build import bootstrap as bootstrap_module
+    from imagefactory.build import images
+    from imagefactory.plan.expand import resolve_target
+
+    made: list[tuple[str, ...]] = []
+    monkeypatch.setattr(bootstrap_module, "bootstrap", lambda client, refs, platform: made.append(refs))
+    client = DockerClient(str(fake_docker("image\\ inspect\\ *) echo '[]'; exit 1 ;;")), "classic", "20.10.24")
+    images.ensure_bases(client, resolve_target(matrix, "hopper-cu124"))
+    images.ensure_bases(client, resolve_target(matrix, "hopper-cu130"))
+    images.ensure_bases(client, resolve_target(matrix, "hopper-cu130"), "linux/arm64")  # a cross build never compiles
+    assert made == [
+        ("imagefactory/base:bookworm-build", "imagefactory/base:bookworm", "imagefactory/base:trixie-build"),
+        ("imagefactory/base:bookworm-build", "imagefactory/base:bookworm"),
+        ("imagefactory/base:bookworm-build",),
+        ("imagefactory/base:bookworm-build", "imagefactory/base:bookworm"),
+    ]
+    defaults = [s.ref for s in bootstrap_module.BASES if s.default]
+    assert defaults == ["imagefactory/base:bookworm", "imagefactory/base:bookworm-build"]
+    trixie = bootstrap_module.spec_for("imagefactory/base:trixie-build")
+    assert trixie is not None and bootstrap_module.mmdebstrap_argv(trixie, Path("/tmp/r.tar"))[-2:] == ["trixie", "/tmp/r.tar"]

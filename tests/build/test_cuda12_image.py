@@ -1,7 +1,9 @@
 """A CUDA 12.x slim target, built from cold through the CLI and inspected (needs Docker).
 
 The slim flavor on CUDA 12.x: torch and its nvidia-*-cu12 wheels from PyPI, bitsandbytes' PyPI wheel
-with only the library for that CUDA kept (PyPI has no 12.x nvcc), Triton warmed with no GPU. Parametrised
+with only the library for that CUDA kept (PyPI has no 12.x nvcc) or, for 12.4, compiled with Debian trixie's
+nvcc when its source is reachable (`--bnb-source` or GitHub; else the declared wheel fallback), Triton warmed
+with no GPU. Parametrised
 by target: IMAGEFACTORY_CUDA12_TARGETS="ampere-cu121,hopper-cu128" (default: ampere-cu121, the one CI
 builds). The matrix is the CLI's ($IMAGEFACTORY_MATRIX, else ./matrix.yaml): a private copy with its
 own image_repo keeps manual runs off the shared tags.
@@ -95,7 +97,11 @@ def test_one_bitsandbytes_library_for_the_cuda_and_the_labels_say_which(built, c
     assert sorted(libs) == sorted(["libbitsandbytes_cpu.so", bnb_library(target)])
     labels = image_inspect(client, image_id)["Config"]["Labels"]
     assert labels["io.imagefactory.bitsandbytes-library"] == bnb_library(target)
-    assert labels["io.imagefactory.bitsandbytes-source"] == "wheel"  # no 12.x nvcc in the slim flavor
+    if target.nvcc == "none":
+        assert labels["io.imagefactory.bitsandbytes-source"] == "wheel"  # no compiler for this CUDA in the slim flavor
+    else:  # Debian's nvcc (12.4): compiled when the source was reachable, else the declared wheel fallback
+        assert labels["io.imagefactory.bitsandbytes-source"] in ("git", "local", "wheel")
+        assert labels["io.imagefactory.nvcc"].startswith(f"debian nvidia-cuda-toolkit={target.toolkit.version}.")
     assert bnb_library(target) in done.stderr  # the build log says which library and why
 
 
@@ -103,6 +109,15 @@ def test_the_cuda_library_holds_sass_for_every_target_sm(built, client, tmp_path
     target, image_id, _ = built
     lib = copy_out(client, image_id, f"{site(target)}/bitsandbytes/{bnb_library(target)}", tmp_path / "lib.so")
     assert {int(code) for code in target.sm_codes} <= sass_arches(lib)
+
+
+def test_the_cuda_library_loads_in_the_runtime_os(built, client):
+    """The runtime's own glibc and libstdc++ resolve it (a library compiled on a newer Debian may ask for symbol
+    versions bookworm lacks); torch has loaded the CUDA runtime libraries it links, as in a real process."""
+    target, image_id, _ = built
+    lib = f"{site(target)}/bitsandbytes/{bnb_library(target)}"
+    out = in_image(client, image_id, f"python -c 'import ctypes, torch; ctypes.CDLL(\"{lib}\"); print(\"loaded\")'")
+    assert out.strip().endswith("loaded")
 
 
 def test_the_cpu_library_needs_no_avx512_or_dispatches_it_at_run_time(built, client, tmp_path):

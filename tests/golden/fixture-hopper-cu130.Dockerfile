@@ -19,6 +19,7 @@ LABEL io.imagefactory.flavor="slim"
 LABEL io.imagefactory.bitsandbytes="0.50.2"
 LABEL io.imagefactory.bitsandbytes-library="libbitsandbytes_cuda130.so"
 LABEL io.imagefactory.platforms="linux/amd64,linux/arm64"
+LABEL io.imagefactory.nvcc="pypi cuda-toolkit[nvcc,cccl,cudart,cublas,cusparse]==13.0.3"
 LABEL io.imagefactory.driver-floor="580"
 LABEL io.imagefactory.unsloth="2026.10.9"
 ENV PROBE_EXPECT_TARGET=hopper-cu130

