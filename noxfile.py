@@ -20,12 +20,13 @@ CLI = (PY, "-m", "imagefactory")
 
 
 def _cross_builds() -> list[tuple[str, str]]:
-    """(target id, platform) of every cross-built (arm64) image: sessions build-hopper-cu130-arm64, gate-…-arm64."""
+    """(target id, platform) of every cross-built (arm64) image besides a target's first, which its plain session
+    builds already (build-gb10-cu130): sessions build-hopper-cu130-arm64, gate-…-arm64."""
     try:
         from imagefactory import all_targets, load_matrix
         from imagefactory.plan.platforms import is_cross
 
-        return [(t.id, p) for t in all_targets(load_matrix("matrix.yaml")) for p in t.build_platforms if is_cross(p)]
+        return [(t.id, p) for t in all_targets(load_matrix("matrix.yaml")) for p in t.platforms[1:] if is_cross(p)]
     except Exception:  # noqa: BLE001 - _target_ids already said why there are no sessions
         return []
 

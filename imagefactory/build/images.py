@@ -237,8 +237,8 @@ def targets_for_platform(targets: Sequence[Target], platform: str | None) -> lis
     """The targets built for `platform` (all when None); the others are named and skipped. None left: exit 2."""
     if platform is None:
         return list(targets)
-    kept = [t for t in targets if platform in t.build_platforms]
-    skipped = [t.id for t in targets if platform not in t.build_platforms]
+    kept = [t for t in targets if platform in t.platforms]
+    skipped = [t.id for t in targets if platform not in t.platforms]
     if not kept:
         raise UsageError(f"--platform {platform}: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''} "
                          f"{'is' if len(skipped) == 1 else 'are'} not built for it (see `imagefactory show TARGET`: platforms)")

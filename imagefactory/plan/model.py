@@ -16,7 +16,7 @@ from typing import Literal
 from packaging.version import Version
 
 from imagefactory.errors import UsageError
-from imagefactory.plan.platforms import HOST_PLATFORM, dockerfile_name, is_cross
+from imagefactory.plan.platforms import dockerfile_name
 from probe import tags  # the tag grammar (ids, tags, flavors, dtypes): the probe parses tags with it
 
 Vendor = Literal["nvidia", "amd"]
@@ -279,30 +279,24 @@ class Target:
     is_default: bool  # the arch x toolkit cell's default torch and flavor
     workload: Workload | None  # installed over the payload; None where the matrix declares none or its pins do not fit
     runtime_c_compiler: bool  # the runtime stage gets gcc: its triton builds a C launcher per kernel signature
-    platforms: tuple[str, ...]  # OCI platforms this target's image serves ("linux/amd64", "linux/arm64")
+    platforms: tuple[str, ...]  # OCI platforms its images are built for and serve ("linux/amd64", "linux/arm64")
     provenance: Mapping[str, str] = field(repr=False, compare=False)
 
     @property
     def dockerfile(self) -> str:
         """The Dockerfile of its first build platform (the host's where it is one of them)."""
-        return self.dockerfile_for(self.build_platforms[0])
+        return self.dockerfile_for(self.platforms[0])
 
     def dockerfile_for(self, platform: str) -> str:
         """`dockerfiles/hopper-cu130/Dockerfile`, `…/Dockerfile.arm64`."""
         return f"dockerfiles/{self.id}/{dockerfile_name(platform)}"
 
-    @property
-    def build_platforms(self) -> tuple[str, ...]:
-        """The platforms this factory builds it for: the host's, and its others where its bases are the locally
-        bootstrapped slim ones (a vendor base would come from a registry, per platform)."""
-        return tuple(p for p in self.platforms if not is_cross(p) or self.flavor == "slim") or (HOST_PLATFORM,)
-
     def build_platform(self, asked: str | None) -> str:
         """The platform a build, gate, push or record of it is for: the one asked (UsageError when it is not built for
         it), else its first (the host's where it has it)."""
-        if asked is not None and asked not in self.build_platforms:
-            raise UsageError(f"--platform {asked}: {self.id} is built for {', '.join(self.build_platforms)} only")
-        return asked or self.build_platforms[0]
+        if asked is not None and asked not in self.platforms:
+            raise UsageError(f"--platform {asked}: {self.id} is built for {', '.join(self.platforms)} only")
+        return asked or self.platforms[0]
 
 
 def immutable_tag(target: Target, release: str) -> str:

@@ -77,7 +77,7 @@ def bake_file(targets: Iterable[Target], *, cache_dir: str = ".cache/buildx") ->
     """
     bake_targets: dict[str, Any] = {}
     for t in targets:
-        for platform in t.build_platforms:  # one Dockerfile per platform: hopper-cu130, hopper-cu130-arm64
+        for platform in t.platforms:  # one Dockerfile per platform: hopper-cu130, hopper-cu130-arm64
             unit = unit_id(t.id, platform)
             bake_targets[bake_name(unit)] = {
                 "context": ".",

@@ -143,7 +143,7 @@ class Drift:
 
 def render_all(targets: Iterable[Target], template_dir: Path | None = None) -> dict[str, str]:
     """{relative path: text} for every target and platform it is built for, all rendered before anything is written."""
-    return {t.dockerfile_for(p): render_target(t, template_dir, p) for t in targets for p in t.build_platforms}
+    return {t.dockerfile_for(p): render_target(t, template_dir, p) for t in targets for p in t.platforms}
 
 
 def _refuse_links(root: Path, rel: str) -> Path:

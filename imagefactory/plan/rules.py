@@ -24,6 +24,7 @@ from imagefactory.plan.model import (
     TrainDtype,
     minor_of,
 )
+from imagefactory.plan.platforms import HOST_PLATFORM, is_cross
 from imagefactory.plan.workload import accepts
 
 
@@ -61,10 +62,12 @@ def payload_for(matrix: Matrix, torch: str, python: str) -> Payload | None:
 def platforms_of(m: Matrix, c: Candidate) -> tuple[str, ...]:
     """The OCI platforms a candidate's image serves: its arch's machines (GH200, GB200: arm64 too) that its
     torch build exists for. arm64 only from PyPI (torch.pypi_platforms: the aarch64 wheel is the same CUDA
-    build from torch 2.11 on); torch_index_url's aarch64 sets are not sourced here: amd64 only."""
+    build from torch 2.11 on); torch_index_url's aarch64 sets are not sourced here: amd64 only. And another
+    platform than the host's only in the slim flavor: it is cross-built from the bases bootstrapped here, while a
+    vendor flavor's would come from a registry per platform (docs/build.md, "arm64")."""
     from_pypi = c.torch.pypi_toolkit == c.toolkit.id
     torch_platforms = c.torch.pypi_platforms if from_pypi else ("linux/amd64",)
-    return tuple(p for p in c.arch.platforms if p in torch_platforms)
+    return tuple(p for p in c.arch.platforms if p in torch_platforms and (not is_cross(p) or c.flavor.name == "slim"))
 
 
 def vendor_mismatch(arch: ArchFamily, toolkit: Toolkit) -> Refusal | None:
@@ -195,8 +198,10 @@ def workload(m: Matrix, c: Candidate) -> Refusal | None:
 
 def platform(m: Matrix, c: Candidate) -> Refusal | None:
     if not platforms_of(m, c):
-        return Refusal("platform", f"{c.arch.name} machines are {', '.join(c.arch.platforms)}; torch {c.torch.version} "
-                                   f"for {c.toolkit.id} has no build for them")
+        vendor_base = any(is_cross(p) for p in c.arch.platforms) and c.flavor.name != "slim"
+        why = (f"the {c.flavor.name} flavor is built for {HOST_PLATFORM} only (its base for them would come from a registry)"
+               if vendor_base else f"torch {c.torch.version} for {c.toolkit.id} has no build for them")
+        return Refusal("platform", f"{c.arch.name} machines are {', '.join(c.arch.platforms)}; {why}")
     return None
 
 
@@ -220,7 +225,7 @@ RULES: tuple[tuple[str, Callable[[Matrix, Candidate], Refusal | None], str], ...
     ("python", python_supported, "the flavor's python has a torch wheel"),
     ("bitsandbytes-torch", bitsandbytes_torch, "bitsandbytes accepts the torch version"),
     ("payload", payload, "a payload accepts the torch and python"),
-    ("platform", platform, "the torch build exists for a CPU platform of the arch's machines"),
+    ("platform", platform, "the torch build (and, off the host's platform, the slim flavor) exists for a CPU platform of the arch's machines"),
     ("bf16", bf16, "bf16 settings only on SMs with bf16"),
 )
 # Rules that decide what a target holds, never whether it exists (explain prints them as notes).

@@ -118,7 +118,7 @@ class SupportedTag:
 
 def supported_tags(targets: Iterable[Target], gated: Mapping[str, GatedBuild] | None = None) -> list[SupportedTag]:
     record = gated or {}
-    return sorted((SupportedTag.of(t, [record[k] for p in t.build_platforms if (k := unit_id(t.id, p)) in record])
+    return sorted((SupportedTag.of(t, [record[k] for p in t.platforms if (k := unit_id(t.id, p)) in record])
                    for t in targets), key=lambda row: (row.vendor != "nvidia", row.target_id))
 
 

@@ -22,7 +22,7 @@ from imagefactory.plan.venv_layers import LAYERS
 def rendered(matrix) -> dict[str, tuple]:
     """{"hopper-cu130": (target, text), "hopper-cu130 linux/arm64": (target, text), …}: one per file render writes."""
     return {t.id + ("" if not is_cross(p) else f" {p}"): (t, render_target(t, platform=p))
-            for t in all_targets(matrix) for p in t.build_platforms}
+            for t in all_targets(matrix) for p in t.platforms}
 
 
 def froms(text: str) -> dict[str, str]:

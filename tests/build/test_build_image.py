@@ -57,7 +57,7 @@ def target(request) -> Target:
 
 @pytest.fixture(scope="session")
 def platform(request, target: Target) -> str:
-    return request.config.getoption("--platform") or target.build_platforms[0]
+    return request.config.getoption("--platform") or target.platforms[0]
 
 
 @pytest.fixture(scope="session")

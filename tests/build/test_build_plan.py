@@ -133,8 +133,8 @@ def test_arm64_takes_pypis_wheel_and_refuses_a_source_tree(tmp_path, hopper):
 
 def test_platform_picks_targets_and_defaults_to_each_targets_first(matrix, hopper, capsys):
     ampere, gb10 = resolve_target(matrix, "ampere-cu121"), resolve_target(matrix, "gb10-cu130")
-    assert hopper.build_platforms == ("linux/amd64", "linux/arm64") and gb10.build_platforms == ("linux/arm64",)
-    assert ampere.build_platforms == ("linux/amd64",)  # torch from PyTorch's index: amd64 only
+    assert hopper.platforms == ("linux/amd64", "linux/arm64") and gb10.platforms == ("linux/arm64",)
+    assert ampere.platforms == ("linux/amd64",)  # torch from PyTorch's index: amd64 only
     assert hopper.build_platform(None) == "linux/amd64" and gb10.build_platform(None) == "linux/arm64"
     with pytest.raises(UsageError, match="--platform linux/arm64: ampere-cu121 is built for linux/amd64 only"):
         ampere.build_platform("linux/arm64")

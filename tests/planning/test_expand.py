@@ -64,7 +64,11 @@ def test_slim_is_the_default_wherever_pypi_has_the_toolkits_torch(matrix: Matrix
             assert t.bnb_mode == ("source" if compiled else "wheel"), t.id
             assert (t.nvcc == "debian") == (t.flavor == "slim" and t.toolkit.version == "12.4"), t.id
             if t.flavor == "slim":
-                assert t.torch.index_url is None and by_id[f"{t.id}-nvidia"].flavor == "nvidia"  # nvidia stays selectable
+                assert t.torch.index_url is None
+                if "linux/amd64" in t.platforms:  # nvidia stays selectable (it is built for the host's platform only)
+                    assert by_id[f"{t.id}-nvidia"].flavor == "nvidia" and by_id[f"{t.id}-nvidia"].platforms == ("linux/amd64",)
+                else:  # gb10 (DGX Spark): arm64 machines only, so no nvidia-flavor image, rule platform says why
+                    assert f"{t.id}-nvidia" not in by_id
         if t.toolkit.kind == "rocm":
             assert t.flavor == "rocm" and t.nvcc == "hipcc" and t.gfx and not t.sms
     cu124 = by_id["ampere-cu124"]

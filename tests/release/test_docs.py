@@ -33,7 +33,6 @@ def fake_target(target_id: str, sms: tuple[str, ...], cuda: str, floor: str, tor
         python="3.11",
         flavor=flavor,
         platforms=("linux/amd64",),
-        build_platforms=("linux/amd64",),
     )
 
 
