@@ -135,6 +135,7 @@ class Candidate:
     immutable_tags: tuple[str, ...] = ()
     gated: str | None = None  # where its gate passed ("CPU gate, x86_64 build host, 2026-12-01"); "" not gated; None unknown
     gated_platforms: tuple[str, ...] | None = None  # whose images passed (a tags file's gated.platforms); None: not stated
+    gated_by_platform: tuple[tuple[str, str], ...] = ()  # (platform, where its image passed) from gated.by_platform
     platforms: tuple[str, ...] | None = None  # "linux/arm64", ...; None: not stated (a bare tag list)
 
     @property
@@ -285,6 +286,7 @@ def candidate_from_record(entry: object, where: str) -> Candidate:
         immutable_tags=tuple(tag for tag in tags if grammar.is_immutable(tag)),
         gated=_gated(entry, where) if "gated" in entry else None,
         gated_platforms=_gated_platforms(entry, where),
+        gated_by_platform=_gated_by_platform(entry, where),
         platforms=platforms,
     )
 
@@ -327,6 +329,18 @@ def _gated(entry: dict, where: str) -> str:
         raise SelectError(f"{where}: 'gated' must be null or {{mode, where, date}}")
     text = f"{value['mode'].upper()} gate, {value['where']}, {value['date']}"
     return re.sub(r"[^\w ,.:;()/+=-]", "?", text)[:160]  # printed to a terminal: no control characters
+
+
+def _gated_by_platform(entry: dict, where: str) -> tuple[tuple[str, str], ...]:
+    """`gated.by_platform` of a supported-tags entry: each platform's gate as one line (older files: none)."""
+    value = entry.get("gated")
+    if not isinstance(value, dict) or "by_platform" not in value:
+        return ()
+    listed = value["by_platform"]
+    if not isinstance(listed, dict):
+        raise SelectError(f"{where}: 'gated.by_platform' must map a platform to {{mode, where, date}}")
+    return tuple((_text(p, PLATFORM_VALUE, "gated platform", where), _gated({"gated": g}, f"{where}: gated.by_platform"))
+                 for p, g in listed.items())
 
 
 def _gated_platforms(entry: dict, where: str) -> tuple[str, ...] | None:
@@ -384,7 +398,7 @@ def choose(candidates: list[Candidate], sm: str, driver: str, platform_: str = "
     others = [c.target_id for c in fits if c is not best]
     parts.append(f"newest torch: {best.torch or 'unknown'}" + (f" (also fits: {', '.join(others)})" if others else ""))
     if gated_here(best):
-        parts.append(f"gated: {best.gated}")
+        parts.append(f"gated: {dict(best.gated_by_platform).get(platform_, best.gated)}")
     elif best.gated:
         parts.append(f"NOT GATED for {platform_}: only its {', '.join(best.gated_platforms or ())} image passed a gate ({best.gated})")
     elif best.gated == "":

@@ -180,7 +180,10 @@ def supported_tags_json(rows: Sequence[SupportedTag], repo: str) -> str:
                 "immutable_pattern": row.immutable_pattern,
                 "platforms": list(row.platforms),
                 "gated": {"mode": row.gated.mode, "where": row.gated.where, "date": row.gated.date,
-                          "platforms": [g.platform for g in row.gated_platforms]} if row.gated else None,
+                          "platforms": [g.platform for g in row.gated_platforms],
+                          # each platform's own gate (an arm64 image is gated under emulation, elsewhere)
+                          "by_platform": {g.platform: {"mode": g.mode, "where": g.where, "date": g.date}
+                                          for g in row.gated_platforms}} if row.gated else None,
             }
             for row in rows
         ],

@@ -28,8 +28,9 @@ def test_the_committed_record_loads_and_names_only_matrix_targets():
     from imagefactory.plan.matrix import load_matrix
 
     record = gated.load(REPO_ROOT / "docs" / "gated.json")
-    ids = {t.id for t in all_targets(load_matrix(REPO_ROOT / "matrix.yaml"))}
-    assert set(record) <= ids
+    targets = {t.id: t for t in all_targets(load_matrix(REPO_ROOT / "matrix.yaml"))}
+    assert {g.target for g in record.values()} <= set(targets)
+    assert all(g.platform in targets[g.target].platforms for g in record.values())  # filed per platform it is built for
 
 
 @pytest.mark.parametrize(("change", "word"), [
@@ -73,7 +74,8 @@ def test_docs_mark_a_gated_target_only_at_the_torch_it_was_gated_with(tmp_path):
     files = generate(all_targets(matrix), docs_dir=tmp_path)
     rows = {t["id"]: t for t in json.loads(files[tmp_path / "supported-tags.json"])["targets"]}
     assert rows["hopper-cu130"]["gated"] == {"mode": "cpu", "where": "x86_64 build host, no GPU", "date": "2026-12-01",
-                                             "platforms": ["linux/amd64"]}
+                                             "platforms": ["linux/amd64"], "by_platform": {"linux/amd64": {
+                                                 "mode": "cpu", "where": "x86_64 build host, no GPU", "date": "2026-12-01"}}}
     assert rows["ampere-cu130"]["gated"] is None  # gated with another torch than the matrix's now
 
 
@@ -109,3 +111,9 @@ def test_an_arm64_gate_is_recorded_next_to_the_amd64_one_and_select_tells_them_a
     tags_file.write_text(json.dumps(only_amd64))
     assert select_main(["--tags-file", str(tags_file), "--gpu-sm", "9.0", "--driver", "580.65", "--platform", "linux/arm64"]) == 0
     assert "NOT GATED for linux/arm64: only its linux/amd64 image passed a gate" in capsys.readouterr().out
+    # with both gated, each platform's machine hears where its own image passed (arm64: the QEMU host)
+    assert rows["hopper-cu130"]["gated"]["by_platform"]["linux/arm64"]["where"] == "x86_64 build host, QEMU"
+    tags_file.write_text(json.dumps([rows["hopper-cu130"]]))
+    for platform, where in (("linux/arm64", "x86_64 build host, QEMU"), ("linux/amd64", ENTRY["where"])):
+        assert select_main(["--tags-file", str(tags_file), "--gpu-sm", "9.0", "--driver", "580.65", "--platform", platform]) == 0
+        assert f"gated: CPU gate, {where}, " in capsys.readouterr().out

@@ -35,6 +35,11 @@ BAD_RECORDS = {
     "kind odd": {**GOOD, "toolkit": {"kind": "metal", "version": "13.0"}},
     "record a string": "hopper-cu130",
     "sm 09.0": {**GOOD, "sms": ["09.0"]},
+    "gated.by_platform a list": {**GOOD, "gated": {"mode": "cpu", "where": "x", "date": "2026-12-01", "by_platform": ["linux/arm64"]}},
+    "gated.by_platform odd platform": {**GOOD, "gated": {"mode": "cpu", "where": "x", "date": "2026-12-01",
+                                                         "by_platform": {"linux/s390x": {"mode": "cpu", "where": "x", "date": "d"}}}},
+    "gated.by_platform entry a string": {**GOOD, "gated": {"mode": "cpu", "where": "x", "date": "2026-12-01",
+                                                           "by_platform": {"linux/arm64": "QEMU"}}},
 }
 
 
