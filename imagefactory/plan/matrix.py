@@ -445,7 +445,7 @@ def _arches(r: _Reader, value: Any) -> dict[str, ArchFamily]:
             v, q, lambda x, y: r.choice(x, y, schema.CAPABILITIES)), default=())
         min_rocm = r.optional(m, "min_rocm", p, lambda v, q: r.version(v, q, major_minor=True))
         desc = r.string(m.get("description", ""), p + ("description",), regex=ONE_LINE_RE,
-                        what="description (one line, at most 200 characters)")
+                        what="description (one line, at most 200 characters, no backslash)")
         platforms = _platforms(r, m, p)
         if vendor == "nvidia" and sms is not None and (not sms or gfx):
             r.doc.problem(p, "an nvidia arch needs a non-empty 'sms' list and no 'gfx'")
@@ -483,7 +483,7 @@ def _flavors(r: _Reader, value: Any) -> dict[str, Flavor]:
         vendor = r.optional(m, "vendor", p, lambda v, q: r.choice(v, q, schema.VENDORS))
         base = r.optional(m, "base", p, lambda v, q: _base_images(r, v, q))
         desc = r.string(m.get("description", ""), p + ("description",), regex=ONE_LINE_RE,
-                        what="description (one line, at most 200 characters)")
+                        what="description (one line, at most 200 characters, no backslash)")
         torch_from = r.optional(m, "torch", p, lambda v, q: r.choice(v, q, schema.TORCH_SOURCES), default="any")
         if name == "slim" and "base" not in m:
             r.doc.problem(p, "the slim flavor needs 'base' (its OS images)")

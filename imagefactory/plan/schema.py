@@ -40,7 +40,9 @@ GIT_URL = r"(https|git|ssh)://([A-Za-z0-9._~-]+@)?[A-Za-z0-9.-]+(:[0-9]{1,5})?(/
 GIT_REF = r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._+-]{0,99}){0,9}"
 # Free text is one line: no control character and no Unicode line or paragraph separator.
 _TEXT = r"[^\x00-\x1f\x7f\x85\u2028\u2029]"
-ONE_LINE = _TEXT + "{0,200}"  # descriptions (they land in LABELs)
+# Descriptions land in LABELs: no backslash either (hadolint cannot parse the `\\\"` a backslash before a quote
+# renders to, though Docker can; a description has no use for one).
+ONE_LINE = r"[^\x00-\x1f\x7f\x85\u2028\u2029\\]{0,200}"
 SPECIFIER = _TEXT + "{1,200}"  # parsed by packaging.specifiers on top
 
 # ---- choices -------------------------------------------------------------------------------------

