@@ -32,17 +32,18 @@ IMAGE_REPO = r"[a-z0-9][a-z0-9._/-]{0,199}"
 IMAGE_REF = r"[a-z0-9][a-z0-9._/-]{0,199}(:[A-Za-z0-9._-]{1,128})?(@sha256:[0-9a-f]{64})?"
 REQUIREMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9_,.-]+\])?==[0-9][0-9A-Za-z.+!-]*"
 # A Debian package pinned to one version, as apt-get takes it: nvidia-cuda-toolkit=12.4.131~12.4.1-2
-HOST_COMPILER = r"(g\+\+|clang\+\+)-[0-9]{1,2}"  # a versioned C++ compiler command: g++-12
 APT_PIN = r"[a-z0-9][a-z0-9.+-]{1,99}=[0-9][A-Za-z0-9.+~-]{0,99}"
+HOST_COMPILER = r"(g\+\+|clang\+\+)-[0-9]{1,2}"  # a versioned C++ compiler command: g++-12
 # `{toolkit}` is the only brace allowed: no other format field, no attribute access, no stray brace.
 INDEX_URL = r"(?=.*\{toolkit\})https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/([A-Za-z0-9._~%+-]|\{toolkit\})*)*"
 GIT_URL = r"(https|git|ssh)://([A-Za-z0-9._~-]+@)?[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%+-]+)+/?"
 GIT_REF = r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._+-]{0,99}(/[A-Za-z0-9][A-Za-z0-9._+-]{0,99}){0,9}"
 # Free text is one line: no control character and no Unicode line or paragraph separator.
-_TEXT = r"[^\x00-\x1f\x7f\x85\u2028\u2029]"
+_NOT_TEXT = r"\x00-\x1f\x7f\x85\u2028\u2029"
+_TEXT = f"[^{_NOT_TEXT}]"
 # Descriptions land in LABELs: no backslash either (hadolint cannot parse the `\\\"` a backslash before a quote
 # renders to, though Docker can; a description has no use for one).
-ONE_LINE = r"[^\x00-\x1f\x7f\x85\u2028\u2029\\]{0,200}"
+ONE_LINE = f"[^{_NOT_TEXT}\\\\]{{0,200}}"
 SPECIFIER = _TEXT + "{1,200}"  # parsed by packaging.specifiers on top
 
 # ---- choices -------------------------------------------------------------------------------------
