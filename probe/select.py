@@ -337,7 +337,7 @@ def _gated_by_platform(entry: dict, where: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or "by_platform" not in value:
         return ()
     listed = value["by_platform"]
-    if not isinstance(listed, dict):
+    if not isinstance(listed, dict) or not all(isinstance(g, dict) for g in listed.values()):
         raise SelectError(f"{where}: 'gated.by_platform' must map a platform to {{mode, where, date}}")
     return tuple((_text(p, PLATFORM_VALUE, "gated platform", where), _gated({"gated": g}, f"{where}: gated.by_platform"))
                  for p, g in listed.items())

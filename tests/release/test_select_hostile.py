@@ -40,6 +40,8 @@ BAD_RECORDS = {
                                                          "by_platform": {"linux/s390x": {"mode": "cpu", "where": "x", "date": "d"}}}},
     "gated.by_platform entry a string": {**GOOD, "gated": {"mode": "cpu", "where": "x", "date": "2026-12-01",
                                                            "by_platform": {"linux/arm64": "QEMU"}}},
+    "gated.by_platform entry null": {**GOOD, "gated": {"mode": "cpu", "where": "x", "date": "2026-12-01",
+                                                       "by_platform": {"linux/arm64": None}}},
 }
 
 
